@@ -1,0 +1,73 @@
+"""Evaluate: per-class IoU and mIoU of every member alone and of the ensemble on a labelled COCO set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from segensemble.ensemble.engine import Engine
+from segensemble.errors import SegEnsembleError
+from segensemble.images import ImageRef
+from segensemble.outputs.coco import IGNORE, category_map, has_background, label_map, load_coco
+from segensemble.outputs.metrics import IouMeter
+
+ENSEMBLE = "ensemble"
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    unlabeled: str | None = None  # "background" | "ignore" | None = decide from the plan's first class
+    batch_images: int = 4
+    progress: bool = True
+
+
+def evaluate(engine: Engine, coco_path: Path, image_root: Path, options: EvaluateOptions = EvaluateOptions()) -> dict:
+    """{"ensemble": {...}, "members": {name: {...}}, "images": n}; each entry has miou, miou_per_image, iou."""
+    coco = load_coco(coco_path)
+    classes = engine.classes
+    cats = category_map(coco, classes, str(coco_path))
+    unlabeled = _unlabeled_value(options.unlabeled, classes)
+    refs = [ImageRef(img["file_name"], Path(image_root) / img["file_name"], img["id"]) for img in coco.dataset["images"]]
+    meters = {name: IouMeter(len(classes)) for name in [ENSEMBLE, *(m.entry.name for m in engine.members)]}
+    bar = tqdm(total=len(refs), unit="img", desc="evaluate", disable=not options.progress)
+    for ref, result in engine.stream(refs, batch_images=options.batch_images, per_member=True):
+        if isinstance(result, Exception):
+            raise result
+        gt = label_map(coco, ref.coco_id, cats, unlabeled)
+        if gt.shape != result.probs.shape[1:]:
+            raise SegEnsembleError(f"{ref.path}: image is {result.probs.shape[1:]} but {coco_path} says {gt.shape}")
+        meters[ENSEMBLE].add(gt, result.labels)
+        for name, probs in result.members.items():
+            meters[name].add(gt, probs.argmax(0))
+        bar.update()
+    bar.close()
+    return {
+        "images": len(refs),
+        "ensemble": meters[ENSEMBLE].summary(classes),
+        "members": {name: meter.summary(classes) for name, meter in meters.items() if name != ENSEMBLE},
+        "unlabeled": "background" if unlabeled == 0 else "ignore",
+    }
+
+
+def _unlabeled_value(choice: str | None, classes: list[str]) -> int:
+    if choice is None:
+        return 0 if has_background(classes) else IGNORE
+    if choice not in ("background", "ignore"):
+        raise SegEnsembleError(f"--unlabeled: expected background or ignore, got {choice!r}")
+    return 0 if choice == "background" else IGNORE
+
+
+def format_table(report: dict) -> str:
+    """Members and the ensemble as rows, per-class IoU as columns."""
+    rows = [(name, r) for name, r in report["members"].items()] + [(ENSEMBLE, report["ensemble"])]
+    names = list(report["ensemble"]["iou"])
+    header = ["model", "mIoU", "mIoU/img", *[n[:10] for n in names]]
+    lines = [header]
+    for name, r in rows:
+        cells = [name, f"{r['miou']:.4f}", f"{r['miou_per_image']:.4f}"]
+        cells += ["-" if r["iou"][n] is None else f"{r['iou'][n]:.3f}" for n in names]
+        lines.append(cells)
+    widths = [max(len(row[c]) for row in lines) for c in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines)

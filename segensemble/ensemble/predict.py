@@ -1,0 +1,99 @@
+"""Offline predict: stream images through the engine into the submission CSV, masks and probabilities."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from segensemble.ensemble.engine import Engine
+from segensemble.errors import ImageError
+from segensemble.images import ImageRef
+from segensemble.outputs.masks import mask_path, probs_path, save_mask, save_probs
+from segensemble.outputs.submission import SubmissionWriter, submission_string
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    csv: Path | None = None
+    masks_dir: Path | None = None
+    probs_dir: Path | None = None
+    submission_size: tuple[int, int] = (256, 256)
+    resume: bool = False
+    skip_bad: bool = False
+    batch_images: int = 4
+    progress: bool = True
+
+
+@dataclass
+class PredictSummary:
+    total: int
+    predicted: int = 0
+    resumed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    csv: Path | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.predicted / self.seconds if self.seconds else 0.0
+
+
+def predict_to_files(engine: Engine, refs: list[ImageRef], options: PredictOptions, stream=None) -> PredictSummary:
+    """Run every image once and write the requested outputs; stops at the first bad image unless skip_bad.
+
+    ``stream`` replaces ``engine.stream`` (the Ray path hands its own ordered stream here).
+    """
+    summary = PredictSummary(total=len(refs))
+    writer = SubmissionWriter(options.csv, resume=options.resume) if options.csv else None
+    todo = _remaining(refs, options, writer)
+    summary.resumed = len(refs) - len(todo)
+    start = time.perf_counter()
+    bar = tqdm(total=len(refs), initial=summary.resumed, unit="img", desc="predict", disable=not options.progress)
+    try:
+        for ref, result in (stream or engine.stream)(todo, batch_images=options.batch_images):
+            if isinstance(result, ImageError):
+                if not options.skip_bad:
+                    raise result
+                summary.skipped.append((ref.image_id, result.reason))
+            else:
+                _write(ref, result, options, writer)
+                summary.predicted += 1
+            bar.update()
+            bar.set_postfix_str(f"{summary.predicted / max(1e-9, time.perf_counter() - start):.2f} img/s")
+    except BaseException:
+        if writer:
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - start
+    summary.csv = writer.finish() if writer else None
+    return summary
+
+
+def _remaining(refs: list[ImageRef], options: PredictOptions, writer: SubmissionWriter | None) -> list[ImageRef]:
+    if not options.resume:
+        return refs
+    if writer:
+        writer.check_order([r.image_id for r in refs])
+        refs = refs[len(writer.done):]
+    return [r for r in refs if not _outputs_exist(r, options)] if writer is None else refs
+
+
+def _outputs_exist(ref: ImageRef, options: PredictOptions) -> bool:
+    wanted = [mask_path(options.masks_dir, ref.image_id)] if options.masks_dir else []
+    wanted += [probs_path(options.probs_dir, ref.image_id)] if options.probs_dir else []
+    return bool(wanted) and all(p.exists() for p in wanted)
+
+
+def _write(ref: ImageRef, prediction, options: PredictOptions, writer: SubmissionWriter | None) -> None:
+    labels = prediction.labels
+    if options.masks_dir:
+        save_mask(options.masks_dir, ref.image_id, labels)
+    if options.probs_dir:
+        save_probs(options.probs_dir, ref.image_id, prediction.probs)
+    if writer:
+        writer.write(ref.image_id, submission_string(labels, options.submission_size))

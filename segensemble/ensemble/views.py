@@ -1,0 +1,89 @@
+"""Views: the scale and TTA axes as pure array functions.
+
+Every TTA transform has an ``augment`` on the image batch (N, C, H, W) and a ``deaugment`` on the logits
+it produced, such that deaugment(augment(x)) == x (identity included). Scale is undone exactly to the
+original H x W by resizing, never by multiplying with 1/scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+Array = np.ndarray
+
+
+def hflip(x: Array) -> Array:
+    """Mirror left-right (last axis)."""
+    return x[..., ::-1]
+
+
+def vflip(x: Array) -> Array:
+    """Mirror top-bottom (second-to-last axis)."""
+    return x[..., ::-1, :]
+
+
+def rot90(x: Array) -> Array:
+    """Rotate 90 degrees counter-clockwise in the (H, W) plane, as torch.rot90(x, 1, (-2, -1))."""
+    return np.rot90(x, 1, axes=(-2, -1))
+
+
+def rot270(x: Array) -> Array:
+    """Rotate 270 degrees counter-clockwise (90 clockwise)."""
+    return np.rot90(x, -1, axes=(-2, -1))
+
+
+def transpose(x: Array) -> Array:
+    """Swap H and W."""
+    return np.swapaxes(x, -2, -1)
+
+
+def identity(x: Array) -> Array:
+    return x
+
+
+@dataclass(frozen=True)
+class Tta:
+    name: str
+    augment: Callable[[Array], Array]
+    deaugment: Callable[[Array], Array]
+    swaps_hw: bool
+
+
+TTA: dict[str, Tta] = {
+    "identity": Tta("identity", identity, identity, False),
+    "hflip": Tta("hflip", hflip, hflip, False),
+    "vflip": Tta("vflip", vflip, vflip, False),
+    "rot90": Tta("rot90", rot90, rot270, True),
+    "rot270": Tta("rot270", rot270, rot90, True),
+    "transpose": Tta("transpose", transpose, transpose, True),
+}
+
+
+def scaled_size(base_hw: tuple[int, int], scale: float) -> tuple[int, int]:
+    """Base size times scale, rounded half up, at least 1 pixel."""
+    return (max(1, int(np.floor(base_hw[0] * scale + 0.5))), max(1, int(np.floor(base_hw[1] * scale + 0.5))))
+
+
+def resize_hwc(x: Array, size_hw: tuple[int, int]) -> Array:
+    """Bilinear resize (half-pixel centres, as cv2 INTER_LINEAR) of an (H, W[, C]) float32 array."""
+    if x.shape[:2] == tuple(size_hw):
+        return x
+    return cv2.resize(x, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def padded_size(size_hw: tuple[int, int], stride: int) -> tuple[int, int]:
+    return (-(-size_hw[0] // stride) * stride, -(-size_hw[1] // stride) * stride)
+
+
+def prepare_input(image: Array, size_hw: tuple[int, int], mean: Array, std: Array, stride: int) -> Array:
+    """RGB uint8 (H, W, 3) -> normalized, zero-padded (bottom/right) float32 (3, H', W') at ``size_hw``."""
+    x = resize_hwc(image.astype(np.float32), size_hw)
+    x = (x / 255.0 - mean) / std
+    ph, pw = padded_size(size_hw, stride)
+    out = np.zeros((x.shape[2], ph, pw), dtype=np.float32)
+    out[:, : size_hw[0], : size_hw[1]] = x.transpose(2, 0, 1)
+    return out

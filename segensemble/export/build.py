@@ -1,0 +1,224 @@
+"""``ensemble build``: export every plan member to ONNX (reusing earlier exports), write the manifest.
+
+A build directory is self-contained: the ONNX files and manifest.json. An export is reused when the file
+already in the build directory carries the same cache key (source sha256s + every export option).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from segensemble.errors import PlanError
+from segensemble.export.onnx_export import OPSET, ExportOptions, export_onnx
+from segensemble.images import list_images, read_image
+from segensemble.manifest import Manifest, MemberEntry, ModelEntry
+from segensemble.models.checkpoints import PartialSpec, file_sha256, load_checkpoint
+from segensemble.models.swa import SwaReport, average_checkpoints, recalibrate_bn
+from segensemble.plan import MemberSpec, Plan
+
+COST_HW = (512, 512)  # the image size at which cost is reported for members without an input_size
+
+
+@dataclass
+class BuildResult:
+    manifest: Manifest
+    build_dir: Path
+    reused: int
+    exported: int
+    notes: list[str]
+
+
+def build(plan: Plan, out_dir: str | Path, *, providers: list[str] | None = None, quiet: bool = False) -> BuildResult:
+    """Export and verify every member of ``plan`` into ``out_dir`` and write its manifest."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reused = exported = 0
+    notes: list[str] = []
+    members = []
+    jobs = [(i, m, k) for i, m in enumerate(plan.members) for k in range(1 if m.axis == "swa" else len(m.sources))]
+    bar = tqdm(total=len(jobs), desc="export", unit="model", disable=quiet)
+    for i, member in enumerate(plan.members):
+        entries = []
+        for k in range(1 if member.axis == "swa" else len(member.sources)):
+            bar.set_postfix_str(member.name)
+            entry, was_reused, note = _build_model(plan, i, member, k, out)
+            entries.append(entry)
+            reused += was_reused
+            exported += not was_reused
+            if note:
+                notes.append(f"{member.name}: {note}")
+            bar.update()
+        members.append(_member_entry(member, entries))
+    bar.close()
+    manifest = Manifest(
+        classes=list(plan.classes), members=members, providers=providers or _providers(),
+        cost=_cost(members), plan=str(plan.path) if plan.path else None,
+    )
+    manifest.write(out)
+    return BuildResult(manifest, out, reused, exported, notes)
+
+
+def _providers() -> list[str]:
+    from segensemble.ensemble.sessions import resolve_providers
+
+    return resolve_providers(None)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _build_model(plan: Plan, index: int, member: MemberSpec, k: int, out: Path) -> tuple[ModelEntry, bool, str | None]:
+    where = f"members[{index}] ({member.name})"
+    if member.axis == "onnx":
+        return _copy_onnx(plan, where, member, out), False, "ONNX member: parity was not verified here (exported elsewhere)"
+    sources = member.sources if member.axis == "swa" else [member.sources[k]]
+    for src in sources:
+        if not Path(src).exists():
+            raise PlanError(f"{where}.{member.axis}: {src} does not exist")
+    key = _cache_key(plan, member, sources)
+    target = out / f"{_safe(member.name)}-{k}.onnx"
+    cached = _read_cached(target, key)
+    if cached:
+        return cached, True, None
+    spec = PartialSpec(member.arch, member.encoder, len(plan.classes), member.in_channels, member.model_kwargs)
+    note = None
+    if member.axis == "swa":
+        loaded = average_checkpoints([Path(s) for s in sources], spec, trust_pickle=member.trust_pickle)
+        count = recalibrate_bn(loaded.model, _bn_batches(member)) if member.bn_images else 0
+        note = SwaReport([Path(s) for s in sources], bool(member.bn_images), count).describe()
+    else:
+        loaded = load_checkpoint(sources[0], spec, trust_pickle=member.trust_pickle)
+    options = ExportOptions(
+        class_names=list(plan.classes), mean=member.mean, std=member.std, stride=member.stride,
+        fixed_hw=member.input_size, extra_metadata={"cache_key": key, "sources": json.dumps(sources)},
+    )
+    report = export_onnx(loaded, target, options)
+    return _entry_from_metadata(target, report.metadata, out), False, note
+
+
+def _cache_key(plan: Plan, member: MemberSpec, sources: list[str]) -> str:
+    fields = {
+        "sources": [file_sha256(Path(s)) for s in sources], "axis": member.axis, "arch": member.arch, "encoder": member.encoder,
+        "classes": list(plan.classes), "in_channels": member.in_channels, "mean": member.mean, "std": member.std,
+        "stride": member.stride, "input_size": member.input_size, "opset": OPSET, "model_kwargs": member.model_kwargs,
+        "bn_images": _folder_fingerprint(member.bn_images) if member.bn_images else None,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _folder_fingerprint(folder: str) -> list:
+    return [(r.image_id, r.path.stat().st_size) for r in list_images(folder)]
+
+
+def _read_cached(target: Path, key: str) -> ModelEntry | None:
+    if not target.is_file():
+        return None
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(target), load_external_data=False).metadata_props}
+    return _entry_from_metadata(target, meta, target.parent) if meta.get("cache_key") == key else None
+
+
+def _entry_from_metadata(target: Path, meta: dict[str, str], out: Path) -> ModelEntry:
+    fixed = json.loads(meta["fixed_hw"]) if meta.get("fixed_hw") else None
+    return ModelEntry(
+        file=target.relative_to(out).as_posix(), sources=json.loads(meta.get("sources", "[]")),
+        sha256=meta.get("source_sha256", ""), onnx_sha256=file_sha256(target), form=meta.get("source_form", "onnx"),
+        parity={
+            "max_abs_logit": float(meta["parity_max_abs_logit"]),
+            "argmax_agreement": float(meta["parity_argmax_agreement"]),
+            "shapes": json.loads(meta["parity_shapes"]),
+        } if "parity_max_abs_logit" in meta else None,
+        gflops=float(meta["gflops"]) if meta.get("gflops") else None,
+        gflops_hw=tuple(json.loads(meta["gflops_hw"])) if meta.get("gflops_hw") else None,
+        fixed_hw=tuple(fixed) if fixed else None, note=meta.get("shape_note"),
+        arch=meta.get("arch"), encoder=meta.get("encoder"),
+    )
+
+
+def _copy_onnx(plan: Plan, where: str, member: MemberSpec, out: Path) -> ModelEntry:
+    from segensemble.ensemble.sessions import open_session
+
+    src = Path(member.sources[0])
+    if not src.is_file():
+        raise PlanError(f"{where}.onnx: {src} does not exist")
+    target = out / f"{_safe(member.name)}-0.onnx"
+    if not target.exists() or file_sha256(target) != file_sha256(src):
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(target)
+    session = open_session(target)
+    probe = session.fixed_hw or (2 * member.stride, 2 * member.stride)
+    classes = session.run(np.zeros((1, member.in_channels, *probe), np.float32)).shape[1]
+    if classes != len(plan.classes):
+        raise PlanError(f"{where}.onnx: {src} outputs {classes} classes but the plan lists {len(plan.classes)}")
+    entry = _entry_from_metadata(target, session.metadata, out)
+    return entry.model_copy(update={"sources": [str(src)], "sha256": file_sha256(src), "form": "onnx"})
+
+
+def _bn_batches(member: MemberSpec, batch: int = 8):
+    """Images from bn_images, preprocessed exactly as the engine feeds the model at scale 1."""
+    from segensemble.ensemble.views import prepare_input
+
+    mean, std = np.asarray(member.mean, np.float32), np.asarray(member.std, np.float32)
+    pending: list[np.ndarray] = []
+    for ref in tqdm(list_images(member.bn_images), desc=f"{member.name}: BN recalibration", unit="img", leave=False):
+        img = read_image(ref.path)
+        pending.append(prepare_input(img, member.input_size or img.shape[:2], mean, std, member.stride))
+        if len(pending) == batch or (pending and pending[0].shape != pending[-1].shape):
+            same = [p for p in pending if p.shape == pending[0].shape]
+            yield np.stack(same)
+            pending = [p for p in pending if p.shape != same[0].shape]
+    if pending:
+        yield np.stack(pending)
+
+
+def _member_entry(member: MemberSpec, models: list[ModelEntry]) -> MemberEntry:
+    first = models[0]
+    return MemberEntry(
+        name=member.name, axis=member.axis, arch=member.arch or first.arch, encoder=member.encoder or first.encoder,
+        weight=member.weight,
+        scales=list(member.scales), tta=list(member.tta), input_size=member.input_size or first.fixed_hw,
+        mean=member.mean, std=member.std, stride=member.stride, models=models,
+    )
+
+
+def _cost(members: list[MemberEntry]) -> dict:
+    """Forward passes and estimated GFLOPs per image (members without input_size at COST_HW)."""
+    passes, gflops, known = 0, 0.0, True
+    for m in members:
+        passes += m.views
+        for model in m.models:
+            if model.gflops is None or not model.gflops_hw:
+                known = False
+                continue
+            base = m.input_size or COST_HW
+            for s in m.scales:
+                area = (base[0] * s) * (base[1] * s)
+                gflops += model.gflops * area / (model.gflops_hw[0] * model.gflops_hw[1]) * len(m.tta)
+    return {"forward_passes": passes, "gflops": round(gflops, 3) if known else None, "at_hw": list(COST_HW)}
+
+
+def plan_table(manifest: Manifest) -> str:
+    """The plan as a table: member x scales x TTA = views."""
+    rows = [("member", "axis", "arch/encoder", "models", "scales", "tta", "views", "weight")]
+    for m in manifest.members:
+        arch = f"{m.arch or m.models[0].form}/{m.encoder or '-'}"
+        rows.append((m.name, m.axis, arch, str(len(m.models)), ",".join(f"{s:g}" for s in m.scales),
+                     ",".join(m.tta), str(m.views), f"{m.weight:g}"))
+    cost = manifest.cost
+    gf = f", ~{cost['gflops']:.1f} GFLOPs at {cost['at_hw'][0]}x{cost['at_hw'][1]}" if cost.get("gflops") is not None else ""
+    rows.append(("total", "", "", str(sum(len(m.models) for m in manifest.members)), "", "", str(cost["forward_passes"]), ""))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + f"\nper image: {cost['forward_passes']} forward passes{gf}"

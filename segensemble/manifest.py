@@ -1,0 +1,80 @@
+"""The build manifest: everything the runtime needs to rebuild the ensemble from a build directory.
+
+Written by ``ensemble build`` (torch side), read by the engine (runtime side); plain JSON, typed here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from segensemble.errors import SegEnsembleError
+
+MANIFEST_NAME = "manifest.json"
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    file: str  # relative to the build directory
+    sources: list[str]
+    sha256: str  # of the source checkpoint(s), not of the ONNX file
+    onnx_sha256: str
+    form: str
+    parity: dict | None = None  # {"max_abs_logit": .., "argmax_agreement": .., "shapes": [...]}, None for onnx members
+    gflops: float | None = None  # per forward pass at gflops_hw
+    gflops_hw: tuple[int, int] | None = None
+    fixed_hw: tuple[int, int] | None = None
+    note: str | None = None
+    arch: str | None = None
+    encoder: str | None = None
+
+
+class MemberEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    axis: str  # checkpoint | folds | epochs | swa | onnx
+    arch: str | None
+    encoder: str | None
+    weight: float
+    scales: list[float]
+    tta: list[str]
+    input_size: tuple[int, int] | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    stride: int
+    models: list[ModelEntry]
+
+    @property
+    def views(self) -> int:
+        return len(self.models) * len(self.scales) * len(self.tta)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    format: int = 1
+    classes: list[str]
+    members: list[MemberEntry]
+    providers: list[str]
+    cost: dict  # {"forward_passes": int, "gflops": float | None, "at_hw": [h, w]}
+    plan: str | None = None
+
+    def write(self, build_dir: Path) -> None:
+        target = build_dir / MANIFEST_NAME
+        tmp = target.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2))
+        tmp.replace(target)
+
+
+def read_manifest(build_dir: str | Path) -> Manifest:
+    path = Path(build_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise SegEnsembleError(f"{build_dir}: not a build directory (no {MANIFEST_NAME}); run `ensemble build plan.yaml -o {build_dir}`")
+    try:
+        return Manifest.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise SegEnsembleError(f"{path}: invalid manifest ({str(exc).splitlines()[0]})") from exc

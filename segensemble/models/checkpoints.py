@@ -1,0 +1,246 @@
+"""Checkpoint loading in the forms people actually save, safely.
+
+Supported: a plain state_dict; a dict holding it under ``state_dict``/``model_state_dict``/``model`` (with
+epoch, optimizer... beside it); keys prefixed ``module.`` (DataParallel) or ``model.`` (Lightning); an smp
+``save_pretrained`` directory (config.json + weights, carries its own spec); and a whole pickled
+``nn.Module``, only with ``trust_pickle=True`` because unpickling runs arbitrary code. Everything else is
+read with ``weights_only=True``. Keys and shapes are checked before loading, so a mismatch is an error
+naming the file and a few offending keys, never a half-loaded model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from segensemble.errors import CheckpointError
+from segensemble.models.registry import ModelSpec, create_model, resolve_arch
+
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model")
+_PREFIXES = ("module.", "model.")
+_SMP_CONFIG_SKIP = {"_model_class", "encoder_name", "encoder_weights", "classes", "in_channels", "activation"}
+_SHOWN = 5
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # torch.nn.Module in eval mode
+    spec: ModelSpec
+    source: Path
+    sha256: str
+    form: str  # "state_dict", "nested:<key>", "smp_dir", "pickled_module"
+
+
+@dataclass(frozen=True)
+class PartialSpec:
+    """A caller's spec where any field may be unknown (taken from the checkpoint instead)."""
+
+    arch: str | None = None
+    encoder: str | None = None
+    classes: int | None = None
+    in_channels: int | None = None
+    extra: dict | None = None  # smp constructor kwargs beyond the four above
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (names and bytes, sorted) for smp directories."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | Path, spec: PartialSpec | ModelSpec | None = None, *, trust_pickle: bool = False) -> LoadedModel:
+    """Load ``path`` into a fresh smp model matching ``spec`` (fields left None come from the checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or directory")
+    spec = _as_partial(spec)
+    if path.is_dir():
+        return _load_smp_dir(path, spec)
+    return _load_file(path, spec, trust_pickle)
+
+
+def _as_partial(spec: PartialSpec | ModelSpec | None) -> PartialSpec:
+    if spec is None:
+        return PartialSpec()
+    if isinstance(spec, ModelSpec):
+        return PartialSpec(spec.arch, spec.encoder, spec.classes, spec.in_channels)
+    return spec
+
+
+def _load_smp_dir(path: Path, want: PartialSpec) -> LoadedModel:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path}: a checkpoint directory must be an smp save_pretrained folder with config.json")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_file}: not valid JSON ({exc})") from exc
+    carried = ModelSpec(
+        arch=config.get("_model_class", ""),
+        encoder=config.get("encoder_name", ""),
+        classes=int(config.get("classes", 1)),
+        in_channels=int(config.get("in_channels", 3)),
+        extra={k: v for k, v in config.items() if k not in _SMP_CONFIG_SKIP and v is not None},
+    )
+    _check_agrees(path, want, carried)
+    state = _read_dir_weights(path)
+    return _build_and_load(path, carried, state, "smp_dir")
+
+
+def _read_dir_weights(path: Path) -> dict:
+    import torch
+
+    if (path / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(path / "model.safetensors"))
+    for name in ("pytorch_model.bin", "model.pth", "model.pt"):
+        if (path / name).is_file():
+            return torch.load(path / name, map_location="cpu", weights_only=True)
+    raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin beside config.json")
+
+
+def _check_agrees(path: Path, want: PartialSpec, carried: ModelSpec) -> None:
+    """A spec given by the caller must match what the checkpoint carries."""
+    problems = []
+    if want.arch and resolve_arch(want.arch) != resolve_arch(carried.arch):
+        problems.append(f"arch {carried.arch} (asked for {want.arch})")
+    if want.encoder and want.encoder != carried.encoder:
+        problems.append(f"encoder {carried.encoder} (asked for {want.encoder})")
+    if want.classes and want.classes != carried.classes:
+        problems.append(f"{carried.classes} classes (asked for {want.classes})")
+    if want.in_channels and want.in_channels != carried.in_channels:
+        problems.append(f"{carried.in_channels} input channels (asked for {want.in_channels})")
+    if problems:
+        raise CheckpointError(f"{path}: checkpoint holds " + "; ".join(problems))
+
+
+def _load_file(path: Path, want: PartialSpec, trust_pickle: bool) -> LoadedModel:
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for whole modules, RuntimeError for non-torch files
+        if not _looks_like_pickled_object(exc):
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from exc
+        if not trust_pickle:
+            raise CheckpointError(
+                f"{path}: holds pickled Python objects (probably a whole model saved with torch.save(model)); "
+                "unpickling runs code from the file, so it is refused by default. If you trust this file, "
+                "pass --trust-pickle (trust_pickle: true in plan.yaml)."
+            ) from exc
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(obj, torch.nn.Module):
+        return _from_module(path, obj, want)
+    state, form, carried = _find_state_dict(path, obj)
+    spec = _complete_spec(path, want, carried, state)
+    return _build_and_load(path, spec, state, form)
+
+
+def _looks_like_pickled_object(exc: Exception) -> bool:
+    text = str(exc)
+    return "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+def _from_module(path: Path, model, want: PartialSpec) -> LoadedModel:
+    head = getattr(model, "segmentation_head", None)
+    classes = getattr(head[0], "out_channels", None) if head is not None else None
+    encoder = getattr(getattr(model, "encoder", None), "name", None) or want.encoder or "unknown"
+    spec = ModelSpec(
+        arch=type(model).__name__,
+        encoder=want.encoder or encoder,
+        classes=int(want.classes or classes or 0),
+        in_channels=int(want.in_channels or 3),
+    )
+    if want.arch and resolve_arch(want.arch) != spec.arch:
+        raise CheckpointError(f"{path}: pickled model is a {spec.arch}, asked for {want.arch}")
+    if want.classes and classes and want.classes != classes:
+        raise CheckpointError(f"{path}: pickled model has {classes} classes, asked for {want.classes}")
+    return LoadedModel(model.eval(), spec, path, file_sha256(path), "pickled_module")
+
+
+def _find_state_dict(path: Path, obj: Any) -> tuple[dict, str, PartialSpec]:
+    """Find the tensors in the common checkpoint layouts and strip wrapper prefixes."""
+    import torch
+
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state_dict or a dict holding one, found {type(obj).__name__}")
+    carried = PartialSpec(
+        arch=obj.get("arch") if isinstance(obj.get("arch"), str) else None,
+        encoder=obj.get("encoder") if isinstance(obj.get("encoder"), str) else None,
+        classes=obj.get("classes") if isinstance(obj.get("classes"), int) else None,
+    )
+    form = "state_dict"
+    state = obj
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in _NESTED_KEYS:
+            if isinstance(obj.get(key), dict):
+                state, form = obj[key], f"nested:{key}"
+                break
+        else:
+            raise CheckpointError(
+                f"{path}: no state_dict found; looked for a dict of tensors or one under "
+                f"{', '.join(_NESTED_KEYS)}; top-level keys are {sorted(map(str, obj))[:_SHOWN]}"
+            )
+    return _strip_prefixes(state), form, carried
+
+
+def _strip_prefixes(state: dict) -> dict:
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in _PREFIXES:
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def _complete_spec(path: Path, want: PartialSpec, carried: PartialSpec, state: dict) -> ModelSpec:
+    arch = want.arch or carried.arch
+    encoder = want.encoder or carried.encoder
+    if not arch or not encoder:
+        raise CheckpointError(f"{path}: a bare state_dict does not say its architecture; give --arch and --encoder")
+    head = state.get("segmentation_head.0.weight")
+    classes = want.classes or carried.classes or (int(head.shape[0]) if head is not None else None)
+    if not classes:
+        raise CheckpointError(f"{path}: cannot tell the number of classes; give --classes")
+    return ModelSpec(resolve_arch(arch), encoder, int(classes), want.in_channels or 3, dict(want.extra or {}))
+
+
+def _build_and_load(path: Path, spec: ModelSpec, state: dict, form: str) -> LoadedModel:
+    model = create_model(spec)
+    _check_keys(path, spec, model.state_dict(), state)
+    model.load_state_dict(state, strict=True)
+    return LoadedModel(model.eval(), replace(spec, arch=resolve_arch(spec.arch)), path, file_sha256(path), form)
+
+
+def _check_keys(path: Path, spec: ModelSpec, expected: dict, got: dict) -> None:
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    mismatched = [
+        f"{k} {tuple(got[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if k in got and tuple(got[k].shape) != tuple(v.shape)
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    parts = [f"{path}: does not fit {spec.describe()}"]
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches (checkpoint vs model)", mismatched)):
+        if keys:
+            more = f" (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
+            parts.append(f"{len(keys)} {label}: {', '.join(keys[:_SHOWN])}{more}")
+    parts.append("check --arch/--encoder/--classes against how the model was trained")
+    raise CheckpointError("; ".join(parts))

@@ -1,0 +1,94 @@
+"""COCO in and out: image lists, ground-truth label maps as the contest baseline paints them, and RLE.
+
+Label maps: a category's class id is the position of its name in the plan's classes; annotations are
+painted largest area first so small objects stay on top; unannotated pixels are class 0 when the first
+class is a background, else ``IGNORE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from segensemble.errors import SegEnsembleError
+from segensemble.images import ImageRef
+
+IGNORE = 255
+BACKGROUND_NAMES = {"background", "bg", "_background_", "backgroud"}
+
+
+def load_coco(path: str | Path):
+    """A pycocotools COCO object, quietly, with a clear error for a bad file."""
+    from pycocotools.coco import COCO
+
+    path = Path(path)
+    if not path.is_file():
+        raise SegEnsembleError(f"{path}: COCO annotation file not found")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(str(path))
+    except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as exc:
+        raise SegEnsembleError(f"{path}: not a valid COCO annotation file ({exc})") from exc
+
+
+def coco_images(coco_path: str | Path, image_root: str | Path) -> list[ImageRef]:
+    """The COCO file's images in its own order, as ImageRefs under ``image_root``."""
+    coco = load_coco(coco_path)
+    root = Path(image_root)
+    return [ImageRef(img["file_name"], root / img["file_name"], img["id"]) for img in coco.dataset.get("images", [])]
+
+
+def category_map(coco, classes: list[str], source: str) -> dict[int, int]:
+    """COCO category id -> plan class id, matched by name."""
+    lookup = {name.lower(): i for i, name in enumerate(classes)}
+    mapping, unknown = {}, []
+    for cat in coco.loadCats(coco.getCatIds()):
+        idx = lookup.get(cat["name"].lower())
+        if idx is None:
+            unknown.append(cat["name"])
+        else:
+            mapping[cat["id"]] = idx
+    if unknown:
+        raise SegEnsembleError(f"{source}: categories {unknown} are not among the plan's classes {classes}")
+    return mapping
+
+
+def has_background(classes: list[str]) -> bool:
+    return classes[0].lower() in BACKGROUND_NAMES
+
+
+def label_map(coco, image_id: int, cats: dict[int, int], unlabeled: int) -> np.ndarray:
+    """Ground truth (H, W) uint8 for one COCO image."""
+    info = coco.imgs[image_id]
+    out = np.full((info["height"], info["width"]), unlabeled, dtype=np.uint8)
+    anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=None)), key=lambda a: -a.get("area", 0))
+    for ann in anns:
+        out[coco.annToMask(ann) > 0] = cats[ann["category_id"]]
+    return out
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """COCO RLE of a boolean mask, with counts as str (JSON-ready)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def class_rles(labels: np.ndarray, classes: list[str], probs: np.ndarray | None = None, skip: set[int] = frozenset()) -> list[dict]:
+    """One RLE per class present: class id, name, pixel area and (with probs) mean confidence."""
+    out = []
+    for cls in np.unique(labels).tolist():
+        if cls in skip or cls >= len(classes):
+            continue
+        mask = labels == cls
+        item = {"class_id": int(cls), "class_name": classes[cls], "area": int(mask.sum()), "rle": encode_rle(mask)}
+        if probs is not None:
+            item["mean_confidence"] = float(probs[cls][mask].mean())
+        out.append(item)
+    return out

@@ -1,0 +1,47 @@
+"""IoU from confusion matrices: dataset-level (all pixels pooled) and the contest's per-image average."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from segensemble.outputs.coco import IGNORE
+
+
+def confusion(gt: np.ndarray, pred: np.ndarray, classes: int) -> np.ndarray:
+    """(classes, classes) counts, rows = ground truth; IGNORE pixels are skipped."""
+    valid = gt != IGNORE
+    idx = gt[valid].astype(np.int64) * classes + pred[valid].astype(np.int64)
+    return np.bincount(idx, minlength=classes * classes).reshape(classes, classes)
+
+
+def iou_per_class(cm: np.ndarray) -> np.ndarray:
+    """IoU per class; NaN where a class is in neither ground truth nor prediction."""
+    tp = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+class IouMeter:
+    """Accumulates both figures over a stream of (gt, pred) pairs."""
+
+    def __init__(self, classes: int):
+        self.classes = classes
+        self.total = np.zeros((classes, classes), dtype=np.int64)
+        self.per_image: list[float] = []
+
+    def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
+        cm = confusion(gt, pred, self.classes)
+        self.total += cm
+        ious = iou_per_class(cm)
+        if not np.all(np.isnan(ious)):
+            self.per_image.append(float(np.nanmean(ious)))
+
+    def summary(self, names: list[str]) -> dict:
+        ious = iou_per_class(self.total)
+        return {
+            "miou": float(np.nanmean(ious)) if not np.all(np.isnan(ious)) else float("nan"),
+            "miou_per_image": float(np.mean(self.per_image)) if self.per_image else float("nan"),
+            "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, ious)},
+            "pixel_accuracy": float(np.diag(self.total).sum() / max(1, self.total.sum())),
+        }

@@ -1,0 +1,196 @@
+"""plan.yaml -> a frozen, validated Plan. All validation happens here; nothing below reads YAML.
+
+Every error names the YAML path of the bad field and what was expected, e.g.
+``members[2].scales[1]: must be > 0``. Fields under ``defaults`` apply to every member that does not set
+them. Relative paths resolve against the plan file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from segensemble.errors import PlanError
+
+TtaName = Literal["identity", "hflip", "vflip", "rot90", "rot270", "transpose"]
+SOURCES = ("checkpoint", "folds", "epochs", "swa", "onnx")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ViewOptions(BaseModel):
+    """Member fields that may also be set once under ``defaults``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # architecture (checkpoint members; smp directories and ONNX files carry their own)
+    arch: str | None = None
+    encoder: str | None = None
+    in_channels: int = Field(3, ge=1)
+    model_kwargs: dict = Field(default_factory=dict, description="extra smp constructor arguments, e.g. decoder_channels")
+    trust_pickle: bool = False
+    # preprocessing
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    stride: int = Field(32, ge=1)
+    input_size: tuple[int, int] | None = None
+    # views and voting
+    scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    tta: list[TtaName] = Field(default_factory=lambda: ["identity"], min_length=1)
+    weight: float = Field(1.0, gt=0)
+    bn_images: str | None = None
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s <= 0 for s in v):
+            raise ValueError("every std must be > 0")
+        return v
+
+    @field_validator("input_size")
+    @classmethod
+    def _size_positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (v[0] < 1 or v[1] < 1):
+            raise ValueError("must be [height, width] with both > 0, or null for the image's own size")
+        return v
+
+    @field_validator("scales")
+    @classmethod
+    def _scales_positive(cls, v: list[float]) -> list[float]:
+        for i, s in enumerate(v):
+            if s <= 0:
+                raise ValueError(f"scales[{i}] must be > 0, got {s}")
+        if len(set(v)) != len(v):
+            raise ValueError("scales must not repeat")
+        return v
+
+    @field_validator("tta")
+    @classmethod
+    def _tta_unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("tta views must not repeat")
+        return v
+
+
+class MemberSpec(ViewOptions):
+    """One plan entry: a source along one axis, plus its view options and weight."""
+
+    name: str = Field(min_length=1)
+    checkpoint: str | None = None
+    folds: list[str] | None = Field(None, min_length=1)
+    epochs: list[str] | None = Field(None, min_length=1)
+    swa: list[str] | None = Field(None, min_length=2)
+    onnx: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MemberSpec:
+        given = [s for s in SOURCES if getattr(self, s) is not None]
+        if len(given) != 1:
+            raise ValueError(f"needs exactly one of {', '.join(SOURCES)}; found {', '.join(given) or 'none'}")
+        if self.bn_images and self.axis != "swa":
+            raise ValueError("bn_images only applies to swa members")
+        return self
+
+    @property
+    def axis(self) -> str:
+        return next(s for s in SOURCES if getattr(self, s) is not None)
+
+    @property
+    def sources(self) -> list[str]:
+        value = getattr(self, self.axis)
+        return list(value) if isinstance(value, list) else [value]
+
+    @property
+    def views_per_model(self) -> int:
+        return len(self.scales) * len(self.tta)
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    classes: list[str] = Field(min_length=1)
+    defaults: ViewOptions = Field(default_factory=ViewOptions)
+    members: list[MemberSpec] = Field(min_length=1)
+    path: Path | None = None  # the plan file; relative sources were resolved against its folder
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read, validate and resolve a plan file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise PlanError(f"{path}: cannot read plan ({exc.strerror or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise PlanError(f"{path}: not valid YAML ({exc})") from exc
+    return parse_plan(raw, base_dir=path.parent, source=path)
+
+
+def parse_plan(raw: object, base_dir: Path, source: Path | None = None) -> Plan:
+    """Validate a plan already read from YAML; ``base_dir`` anchors relative paths."""
+    where = f"{source}: " if source else ""
+    if not isinstance(raw, dict):
+        raise PlanError(f"{where}the plan must be a mapping with classes, defaults and members")
+    unknown = sorted(set(raw) - {"classes", "defaults", "members"})
+    if unknown:
+        raise PlanError(f"{where}{unknown[0]}: unknown top-level field; expected classes, defaults, members")
+    defaults = _validate(ViewOptions, raw.get("defaults") or {}, ("defaults",), where)
+    members_raw = raw.get("members")
+    if not isinstance(members_raw, list) or not members_raw:
+        raise PlanError(f"{where}members: must be a non-empty list of members")
+    shared = defaults.model_dump(exclude_unset=True)
+    members = []
+    for i, entry in enumerate(members_raw):
+        if not isinstance(entry, dict):
+            raise PlanError(f"{where}members[{i}]: must be a mapping with a name and one source")
+        member = _validate(MemberSpec, {**shared, **entry}, ("members", i), where)
+        members.append(_resolve_paths(member, base_dir))
+    _check_unique_names(members, where)
+    classes = raw.get("classes")
+    plan = _validate(Plan, {"classes": classes, "defaults": defaults, "members": members, "path": source}, (), where)
+    return plan
+
+
+def _validate(model: type[BaseModel], data: dict, prefix: tuple, where: str):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = _yaml_path(prefix + tuple(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        msg = msg.replace("Input should be greater than", "must be >").replace("Extra inputs are not permitted", "unknown field")
+        if err["type"] == "literal_error":
+            msg = f"{msg} (got {err['input']!r})"
+        raise PlanError(f"{where}{loc}: {msg}") from None
+
+
+def _yaml_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "plan"
+
+
+def _resolve_paths(member: MemberSpec, base: Path) -> MemberSpec:
+    def fix(p: str) -> str:
+        return str((base / p).resolve()) if not Path(p).is_absolute() else p
+
+    update: dict = {}
+    for key in SOURCES:
+        value = getattr(member, key)
+        if value is not None:
+            update[key] = [fix(v) for v in value] if isinstance(value, list) else fix(value)
+    if member.bn_images:
+        update["bn_images"] = fix(member.bn_images)
+    return member.model_copy(update=update)
+
+
+def _check_unique_names(members: list[MemberSpec], where: str) -> None:
+    seen: dict[str, int] = {}
+    for i, m in enumerate(members):
+        if m.name in seen:
+            raise PlanError(f"{where}members[{i}].name: duplicate name {m.name!r} (also members[{seen[m.name]}])")
+        seen[m.name] = i

@@ -1,0 +1,77 @@
+"""A tiny trainer: fits a small smp model on synthetic data in seconds on CPU, and saves it in every
+checkpoint form people use (so loading is tested against real files, not mocks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from segensemble.images import read_image
+from segensemble.models.registry import ModelSpec, create_model
+
+TINY_KWARGS = {
+    "Unet": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+    "FPN": {"encoder_depth": 3, "decoder_pyramid_channels": 32, "decoder_segmentation_channels": 16},
+}
+SAVE_FORMS = ("state_dict", "nested_state_dict", "model_state_dict", "model_key", "dataparallel", "lightning", "smp_dir", "pickled")
+
+
+def load_split_arrays(image_dir: Path, coco_images: list[dict], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    images = np.stack([read_image(Path(image_dir) / img["file_name"]) for img in coco_images])
+    return images, np.stack(masks)
+
+
+def train_tiny(spec: ModelSpec, images: np.ndarray, masks: np.ndarray, steps: int = 60, seed: int = 0,
+               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), lr: float = 3e-3, snapshots: tuple[int, ...] = ()):
+    """Train from random weights; returns the model and a state_dict copy at each step in ``snapshots``."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = create_model(spec).train()
+    x_all = torch.from_numpy(((images / 255.0 - np.asarray(mean)) / np.asarray(std)).astype(np.float32)).permute(0, 3, 1, 2)
+    y_all = torch.from_numpy(masks.astype(np.int64))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    saved = {}
+    for step in range(1, steps + 1):
+        idx = torch.from_numpy(rng.choice(len(x_all), size=min(8, len(x_all)), replace=False))
+        x, y = x_all[idx], y_all[idx]
+        if rng.random() < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step in snapshots:
+            saved[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return model.eval(), saved
+
+
+def save_checkpoint(model, path: Path, form: str, state: dict | None = None) -> Path:
+    """Save in one of SAVE_FORMS; ``state`` overrides the model's own state_dict (epoch snapshots)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = state if state is not None else model.state_dict()
+    if form == "state_dict":
+        torch.save(state, path)
+    elif form == "nested_state_dict":
+        torch.save({"epoch": 3, "state_dict": state, "optimizer": {"lr": 0.001}}, path)
+    elif form == "model_state_dict":
+        torch.save({"epoch": 3, "model_state_dict": state, "best_miou": 0.5}, path)
+    elif form == "model_key":
+        torch.save({"model": state, "epoch": 3}, path)
+    elif form == "dataparallel":
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    elif form == "lightning":
+        torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3, "global_step": 10}, path)
+    elif form == "smp_dir":
+        model.load_state_dict(state)
+        model.save_pretrained(str(path))
+    elif form == "pickled":
+        torch.save(model, path)
+    else:
+        raise ValueError(f"unknown form {form!r}; choose from {SAVE_FORMS}")
+    return path
