@@ -65,9 +65,11 @@ def decode_image(data: bytes, source: str, max_pixels: int | None = None) -> np.
             return _to_rgb(img, source)
     except ImageError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(source, f"too many pixels ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(source, "not a decodable image") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(source, f"corrupt or truncated image ({exc})") from exc
 
 

@@ -8,7 +8,7 @@ them. Relative paths resolve against the plan file's folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,7 +38,7 @@ class ViewOptions(BaseModel):
     stride: int = Field(32, ge=1)
     input_size: tuple[int, int] | None = None
     # views and voting
-    scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    scales: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0], min_length=1)
     tta: list[TtaName] = Field(default_factory=lambda: ["identity"], min_length=1)
     weight: float = Field(1.0, gt=0)
     bn_images: str | None = None
@@ -59,10 +59,7 @@ class ViewOptions(BaseModel):
 
     @field_validator("scales")
     @classmethod
-    def _scales_positive(cls, v: list[float]) -> list[float]:
-        for i, s in enumerate(v):
-            if s <= 0:
-                raise ValueError(f"scales[{i}] must be > 0, got {s}")
+    def _scales_unique(cls, v: list[float]) -> list[float]:
         if len(set(v)) != len(v):
             raise ValueError("scales must not repeat")
         return v
@@ -91,7 +88,7 @@ class MemberSpec(ViewOptions):
         if len(given) != 1:
             raise ValueError(f"needs exactly one of {', '.join(SOURCES)}; found {', '.join(given) or 'none'}")
         if self.bn_images and self.axis != "swa":
-            raise ValueError("bn_images only applies to swa members")
+            raise ValueError("bn_images: only applies to swa members")
         return self
 
     @property
@@ -159,8 +156,11 @@ def _validate(model: type[BaseModel], data: dict, prefix: tuple, where: str):
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = _yaml_path(prefix + tuple(err["loc"]))
         msg = err["msg"].removeprefix("Value error, ")
+        field, _, rest = msg.partition(": ")
+        extra = (field,) if rest and field in model.model_fields else ()  # model-level checks name their field
+        loc = _yaml_path(prefix + tuple(err["loc"]) + extra)
+        msg = rest if extra else msg
         msg = msg.replace("Input should be greater than", "must be >").replace("Extra inputs are not permitted", "unknown field")
         if err["type"] == "literal_error":
             msg = f"{msg} (got {err['input']!r})"

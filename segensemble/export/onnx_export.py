@@ -85,7 +85,7 @@ def _disable_memory_efficient_swish(model) -> None:
 
 def _export_bytes(model, loaded: LoadedModel, channels: int, stride: int, fixed, force_fixed: bool):
     if fixed and force_fixed:
-        return _trace(model, (1, channels, *fixed), dynamic_hw=False), fixed
+        return _trace_fixed(model, (1, channels, *fixed)), fixed
     try:
         return _trace(model, (1, channels, 2 * stride, 3 * stride), dynamic_hw=True), None
     except Exception as exc:
@@ -97,7 +97,7 @@ def _export_bytes(model, loaded: LoadedModel, channels: int, stride: int, fixed,
                 f"{loaded.source}: {loaded.spec.arch}'s adaptive pooling cannot be exported with dynamic height/width; "
                 "give a fixed input size (--input-size H W, or input_size in plan.yaml) to export at that size"
             ) from exc
-    return _trace(model, (1, channels, *fixed), dynamic_hw=False), fixed
+    return _trace_fixed(model, (1, channels, *fixed)), fixed
 
 
 def _trace(model, shape: tuple[int, ...], dynamic_hw: bool) -> bytes:
@@ -113,6 +113,27 @@ def _trace(model, shape: tuple[int, ...], dynamic_hw: bool) -> bytes:
             dynamic_axes={"image": axes, "logits": axes}, opset_version=OPSET, dynamo=False,
         )
     return buffer.getvalue()
+
+
+def _trace_fixed(model, shape: tuple[int, ...]) -> bytes:
+    """Fixed H x W, dynamic batch, through the dynamo exporter: it decomposes adaptive pooling for any
+    size, where the TorchScript exporter needs the pooled sizes to divide the feature map."""
+    import logging
+    import tempfile
+
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with warnings.catch_warnings(), torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            program = torch.onnx.export(model, (torch.zeros(shape),), input_names=["image"], output_names=["logits"],
+                                        dynamic_shapes=({0: batch},), opset_version=18, dynamo=True, verbose=False)
+        finally:
+            logging.disable(logging.NOTSET)
+        program.save(f"{tmp}/model.onnx")
+        return Path(f"{tmp}/model.onnx").read_bytes()
 
 
 def _first_line(exc: Exception) -> str:
@@ -201,7 +222,7 @@ def _metadata(loaded: LoadedModel, options: ExportOptions, parity: dict, gflops:
         "dynamic_axes": "batch" if fixed else "batch,height,width",
         "gflops": f"{gflops:.4f}",
         "gflops_hw": json.dumps(list(gflops_hw)),
-        "exporter": f"torch.onnx (TorchScript) opset {OPSET}",
+        "exporter": "torch.onnx dynamo opset 18" if fixed else f"torch.onnx (TorchScript) opset {OPSET}",
         "segensemble_version": segensemble.__version__,
     }
     if fixed:

@@ -33,7 +33,7 @@ class SubmissionWriter:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.done: list[str] = self._recover() if resume else []
         self._fh = open(self.partial, "a" if self.done else "w", newline="")
-        self._csv = csv.writer(self._fh)
+        self._csv = csv.writer(self._fh, lineterminator="\n")
         if not self.done:
             self._csv.writerow(HEADER)
             self._fh.flush()
@@ -42,14 +42,14 @@ class SubmissionWriter:
         source = self.partial if self.partial.exists() else self.target if self.target.exists() else None
         if source is None:
             return []
-        text = source.read_text()
+        text = source.read_bytes().decode()
         if not text.endswith("\n"):  # an interrupted last row is dropped
             text = text[: text.rfind("\n") + 1]
         rows = list(csv.reader(text.splitlines()))
         if not rows or rows[0] != HEADER:
             raise SegEnsembleError(f"{source}: cannot resume, not a submission file (header {rows[:1]})")
         if source != self.partial:
-            self.partial.write_text(text)
+            self.partial.write_bytes(text.encode())
         else:
             with open(self.partial, "r+") as fh:
                 fh.truncate(len(text.encode()))

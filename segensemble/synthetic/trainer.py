@@ -12,7 +12,7 @@ from segensemble.models.registry import ModelSpec, create_model
 
 TINY_KWARGS = {
     "Unet": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
-    "FPN": {"encoder_depth": 3, "decoder_pyramid_channels": 32, "decoder_segmentation_channels": 16},
+    "FPN": {"decoder_pyramid_channels": 64, "decoder_segmentation_channels": 32},
 }
 SAVE_FORMS = ("state_dict", "nested_state_dict", "model_state_dict", "model_key", "dataparallel", "lightning", "smp_dir", "pickled")
 

@@ -1,0 +1,70 @@
+"""Flags and helpers shared by the runtime commands (predict, evaluate, pseudo-label, serve)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from segensemble.errors import SegEnsembleError
+
+IMAGENET = ["0.485", "0.456", "0.406"], ["0.229", "0.224", "0.225"]
+
+
+def floats3(text: list[str], flag: str) -> tuple[float, float, float]:
+    if len(text) != 3:
+        raise SegEnsembleError(f"{flag}: expected 3 numbers, got {len(text)}")
+    return tuple(float(t) for t in text)  # type: ignore[return-value]
+
+
+
+def default_build_dir(plan: Path) -> Path:
+    return plan.parent / "build"
+
+
+def add_runtime_flags(p) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--build", type=Path, help="a build directory written by `ensemble build`")
+    src.add_argument("--plan", type=Path, help="plan.yaml: build it first (into build/ beside it, reusing exports)")
+    p.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order (tensorrt, cuda, cpu; default: best available)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default 0 = one per physical core)")
+    p.add_argument("--batch-images", type=int, default=4, help="images per engine batch (default 4)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def open_engine(args):
+    from segensemble.ensemble.engine import Engine
+    from segensemble.ensemble.sessions import RuntimeOptions
+
+    build_dir = args.build
+    if args.plan:
+        from segensemble.export.build import build
+        from segensemble.plan import load_plan
+
+        build_dir = default_build_dir(args.plan)
+        build(load_plan(args.plan), build_dir, quiet=args.quiet)
+    engine = Engine.from_build(build_dir, RuntimeOptions(tuple(args.providers) if args.providers else None, args.threads))
+    if engine.fell_back:
+        print("warning: a GPU provider was requested but ONNX Runtime fell back to CPU", file=sys.stderr)
+    return engine
+
+
+def image_refs(args):
+    from segensemble.images import list_images
+    from segensemble.outputs.coco import coco_images
+
+    if args.coco:
+        return coco_images(args.coco, args.images)
+    return list_images(args.images)
+
+
+def add_dist_flags(p) -> None:
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="run locally (default) or on a Ray cluster")
+    p.add_argument("--address", help="with --engine ray: Ray cluster address (default: start or join a local one)")
+    p.add_argument("--actors", type=int, default=2, help="with --engine ray: engine actors (default 2)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="with --engine ray: GPUs per actor (default 0)")
+
+
+def dist_stream(args, engine):
+    from segensemble.dist.ray_engine import ray_stream
+
+    return ray_stream(engine.build_dir, address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor)

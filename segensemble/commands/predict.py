@@ -1,0 +1,47 @@
+"""`ensemble predict`: images to the submission CSV, masks and probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+from segensemble.commands.common import add_dist_flags, add_runtime_flags, dist_stream, image_refs, open_engine
+
+
+def add(sub) -> None:
+    p = sub.add_parser("predict", help="predict a folder (or COCO file) of images into the submission CSV",
+                       description="Run the ensemble over every image and write the competition CSV "
+                       "(image_id,PredictionString: label map resized to --submission-size with nearest neighbour, "
+                       "row-major, space-separated). Outputs are written under temporary names and renamed.")
+    p.add_argument("images", type=Path, help="folder of images (the image root when --coco is given)")
+    p.add_argument("--coco", type=Path, help="COCO json giving the images and their order (file_name relative to IMAGES)")
+    p.add_argument("-o", "--output", type=Path, help="submission CSV to write (default submission.csv unless only masks/probs are asked for)")
+    p.add_argument("--save-masks", type=Path, metavar="DIR", help="also write full-size PNG label maps here")
+    p.add_argument("--save-probs", type=Path, metavar="DIR", help="also write per-image probabilities (float16 npz) here")
+    p.add_argument("--submission-size", nargs=2, type=int, default=[256, 256], metavar=("H", "W"), help="CSV mask size (default 256 256)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run after its last written row")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed at the end) instead of stopping")
+    add_runtime_flags(p)
+    add_dist_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from segensemble.ensemble.predict import PredictOptions, predict_to_files
+
+    csv_path = args.output or (None if (args.save_masks or args.save_probs) else Path("submission.csv"))
+    engine = open_engine(args)
+    refs = image_refs(args)
+    options = PredictOptions(csv_path, args.save_masks, args.save_probs, tuple(args.submission_size), args.resume,
+                             args.skip_bad, args.batch_images, not args.quiet)
+    stream = dist_stream(args, engine) if args.engine == "ray" else None
+    s = predict_to_files(engine, refs, options, stream=stream)
+    print(f"predicted {s.predicted} of {s.total} images in {s.seconds:.1f}s ({s.images_per_second:.2f} img/s, "
+          f"{engine.forward_passes} forward passes per image on {', '.join(engine.active_providers)})"
+          + (f"; {s.resumed} already done" if s.resumed else ""))
+    for image_id, reason in s.skipped:
+        print(f"skipped {image_id}: {reason}")
+    for label, path in (("submission", s.csv), ("masks", args.save_masks), ("probabilities", args.save_probs)):
+        if path:
+            print(f"{label}: {path}")
+    return 0

@@ -1,0 +1,71 @@
+"""`ensemble pseudo-label` (also the `pseudo-label` script): confidence-filtered pseudo-labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from segensemble.commands.common import add_dist_flags, add_runtime_flags, dist_stream, image_refs, open_engine
+from segensemble.errors import SegEnsembleError
+
+
+def _background(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise SegEnsembleError(f"--background: expected a class id or none, got {text!r}") from None
+
+
+def add(sub) -> None:
+    p = sub.add_parser("pseudo-label", help="confidence-filtered pseudo-labels for unlabelled images",
+                       description="Run the ensemble over unlabelled images and keep those it is sure of. Image-level rule "
+                       "(default): among non-background pixels count those whose max probability is <= --min-prob; drop the "
+                       "image if that count is more than --max-uncertain of the non-background pixels, else keep its whole "
+                       "label map. Writes a COCO file of kept images (one RLE per class per image), optionally merged into a "
+                       "training set, PNG label maps and a per-image report.")
+    p.add_argument("images", type=Path, help="folder of unlabelled images (the image root when --coco is given)")
+    p.add_argument("--coco", type=Path, help="COCO json listing the images (file_name relative to IMAGES)")
+    p.add_argument("-o", "--output", type=Path, default=Path("pseudo.json"), help="COCO file of kept images (default pseudo.json)")
+    p.add_argument("--min-prob", type=float, default=0.8, help="a pixel is uncertain when its max probability is <= this (default 0.8)")
+    p.add_argument("--max-uncertain", type=float, default=0.1, help="drop an image when more than this share of its "
+                   "non-background pixels is uncertain (default 0.1; a share equal to it is kept)")
+    p.add_argument("--background", default="0", help="background class id, or none when the dataset has none (default 0)")
+    p.add_argument("--keep-empty", action="store_true", help="keep images with no non-background pixel (as all background)")
+    p.add_argument("--ignore-uncertain", action="store_true", help="pixel-level option: in kept images set uncertain pixels "
+                   "to --ignore-index (in the PNG masks; COCO cannot express ignore, so they are left unannotated there)")
+    p.add_argument("--ignore-index", type=int, default=255, help="label for uncertain pixels with --ignore-uncertain (default 255)")
+    p.add_argument("--merge", type=Path, metavar="TRAIN_JSON", help="also write TRAIN_JSON + the pseudo-labels, ids made unique")
+    p.add_argument("--merged-output", type=Path, help="where the merged file goes (default: <output>.merged.json)")
+    p.add_argument("--file-prefix", default="", help="prepended to file_name in the COCO output (the images' path relative "
+                   "to the training image root, e.g. ../test/)")
+    p.add_argument("--save-masks", type=Path, metavar="DIR", help="write kept label maps as PNG here")
+    p.add_argument("--report", type=Path, default=None, help="per-image report CSV (default: <output>.report.csv)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    add_runtime_flags(p)
+    add_dist_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from segensemble.ensemble.pseudo_label import PseudoOptions, pseudo_label
+    from segensemble.outputs.pseudo import PseudoRule
+
+    rule = PseudoRule(args.min_prob, args.max_uncertain, _background(args.background), args.keep_empty,
+                      args.ignore_uncertain, args.ignore_index)
+    rule.validate(10**6)  # range checks before any model loads; the class-id check runs once classes are known
+    engine = open_engine(args)
+    options = PseudoOptions(
+        output=args.output, rule=rule, merge_with=args.merge, merged_output=args.merged_output, masks_dir=args.save_masks,
+        report=args.report or args.output.with_name(args.output.stem + ".report.csv"), file_prefix=args.file_prefix,
+        resume=args.resume, skip_bad=args.skip_bad, batch_images=args.batch_images, progress=not args.quiet,
+    )
+    stream = dist_stream(args, engine) if args.engine == "ray" else None
+    summary = pseudo_label(engine, image_refs(args), options, stream=stream)
+    print(summary.describe())
+    for image_id, reason in summary.skipped:
+        print(f"skipped {image_id}: {reason}")
+    for path in summary.outputs:
+        print(f"wrote {path}")
+    return 0

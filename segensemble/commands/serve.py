@@ -1,0 +1,35 @@
+"""`ensemble serve`: the same ensemble over HTTP (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add(sub) -> None:
+    p = sub.add_parser("serve", help="serve a build over HTTP: POST /segment",
+                       description="Start uvicorn with the segensemble app on a build directory. The model loads once at "
+                       "start-up and is warmed up; /readyz reports readiness and the active execution providers.")
+    p.add_argument("--build", type=Path, required=True, help="build directory written by `ensemble build`")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; expose deliberately)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order (tensorrt, cuda, cpu)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: one per physical core)")
+    p.add_argument("--max-batch", type=int, default=None, help="most images grouped into one engine call (default 8)")
+    p.add_argument("--batch-window-ms", type=float, default=None, help="how long a request waits for others to batch with (default 5)")
+    p.add_argument("--max-queue", type=int, default=None, help="requests waiting beyond this get 503 + Retry-After (default 64)")
+    p.add_argument("--max-body-mb", type=float, default=None, help="largest request body in MiB (default 20)")
+    p.add_argument("--max-pixels", type=int, default=None, help="largest image in pixels (default 40000000)")
+    p.add_argument("--timeout-s", type=float, default=None, help="a request waiting longer gets 504 (default 30)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from segensemble.serve.settings import ServeSettings
+    from segensemble.serve.run import serve
+
+    fields = {"max_batch": args.max_batch, "batch_window_ms": args.batch_window_ms, "max_queue": args.max_queue,
+              "max_body_mb": args.max_body_mb, "max_pixels": args.max_pixels, "timeout_s": args.timeout_s}
+    settings = ServeSettings(build_dir=args.build, providers=tuple(args.providers) if args.providers else None,
+                             threads=args.threads, **{k: v for k, v in fields.items() if v is not None})
+    serve(settings, host=args.host, port=args.port)
+    return 0

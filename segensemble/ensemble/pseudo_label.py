@@ -1,0 +1,154 @@
+"""The pseudo-label job: run the engine over unlabelled images, apply the rule, write COCO + report.
+
+Progress is journaled one JSON line per image to ``<output>.partial.jsonl`` (flushed per image), so
+``resume`` continues after the last complete line; the COCO file, the merged file and the report CSV are
+assembled from the journal at the end and written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from segensemble.ensemble.engine import Engine
+from segensemble.errors import ImageError, SegEnsembleError
+from segensemble.images import ImageRef
+from segensemble.outputs.atomic import write_atomic
+from segensemble.outputs.coco_writer import assemble, categories, image_annotations, merge, read_json
+from segensemble.outputs.masks import save_mask
+from segensemble.outputs.pseudo import PseudoRule, decide, share_histogram
+
+REPORT_HEADER = ["image", "nonbackground_pixels", "uncertain_pixels", "uncertain_share", "decision"]
+
+
+@dataclass(frozen=True)
+class PseudoOptions:
+    output: Path
+    rule: PseudoRule = PseudoRule()
+    merge_with: Path | None = None
+    merged_output: Path | None = None
+    masks_dir: Path | None = None
+    report: Path | None = None
+    file_prefix: str = ""
+    resume: bool = False
+    skip_bad: bool = False
+    batch_images: int = 4
+    progress: bool = True
+
+
+@dataclass
+class PseudoSummary:
+    kept: int = 0
+    dropped: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    shares: list[float] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return (f"kept {self.kept}, dropped {self.dropped}" + (f", skipped {len(self.skipped)}" if self.skipped else "")
+                + "\nuncertain share per image:\n" + share_histogram(self.shares))
+
+
+def pseudo_label(engine: Engine, refs: list[ImageRef], options: PseudoOptions, stream=None) -> PseudoSummary:
+    """Run, decide, journal; then write the COCO file(s), masks and report."""
+    rule = options.rule
+    rule.validate(len(engine.classes))
+    journal_path = options.output.with_name(options.output.name + ".partial.jsonl")
+    records = _read_journal(journal_path, refs) if options.resume else []
+    done = {r["image"] for r in records}
+    todo = [r for r in refs if r.image_id not in done]
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(refs), initial=len(records), unit="img", desc="pseudo-label", disable=not options.progress)
+    with open(journal_path, "a" if records else "w") as journal:
+        for ref, result in (stream or engine.stream)(todo, batch_images=options.batch_images):
+            if isinstance(result, ImageError):
+                if not options.skip_bad:
+                    raise result
+                record = {"image": ref.image_id, "skipped": result.reason}
+            else:
+                record = _record(ref, result.probs, rule, len(engine.classes), options)
+            journal.write(json.dumps(record) + "\n")
+            journal.flush()
+            records.append(record)
+            bar.update()
+    bar.close()
+    summary = _finish(records, engine.classes, options)
+    journal_path.unlink()
+    return summary
+
+
+def _record(ref: ImageRef, probs, rule: PseudoRule, classes: int, options: PseudoOptions) -> dict:
+    decision, labels = decide(probs, rule)
+    record = {"image": ref.image_id, "foreground": decision.foreground, "uncertain": decision.uncertain,
+              "share": decision.share, "kept": decision.kept, "height": labels.shape[0], "width": labels.shape[1]}
+    if decision.kept:
+        record["annotations"] = image_annotations(labels, rule.background, classes)
+        if options.masks_dir:
+            save_mask(options.masks_dir, ref.image_id, labels)
+    return record
+
+
+def _read_journal(path: Path, refs: list[ImageRef]) -> list[dict]:
+    if not path.exists():
+        return []
+    known = {r.image_id for r in refs}
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a torn last line from an interrupted run
+        if record.get("image") not in known:
+            raise SegEnsembleError(f"{path}: cannot resume, it lists {record.get('image')!r} which is not in this input; rerun without --resume")
+        records.append(record)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def _finish(records: list[dict], classes: list[str], options: PseudoOptions) -> PseudoSummary:
+    summary = PseudoSummary()
+    kept = []
+    for r in records:
+        if "skipped" in r:
+            summary.skipped.append((r["image"], r["skipped"]))
+            continue
+        if r["foreground"]:
+            summary.shares.append(r["share"])
+        if r["kept"]:
+            summary.kept += 1
+            kept.append({"file_name": options.file_prefix + r["image"], "height": r["height"], "width": r["width"],
+                         "annotations": r["annotations"]})
+        else:
+            summary.dropped += 1
+    coco = assemble(kept, categories(classes, options.rule.background))
+    _write_json(options.output, coco)
+    summary.outputs.append(options.output)
+    if options.merge_with:
+        merged_path = options.merged_output or options.output.with_name(options.output.stem + ".merged.json")
+        _write_json(merged_path, merge(read_json(options.merge_with), coco, str(options.merge_with)))
+        summary.outputs.append(merged_path)
+    if options.report:
+        write_atomic(options.report, lambda tmp: tmp.write_text(_report_csv(records)))
+        summary.outputs.append(options.report)
+    return summary
+
+
+def _write_json(path: Path, data: dict) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data)))
+
+
+def _report_csv(records: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(REPORT_HEADER)
+    for r in records:
+        if "skipped" in r:
+            writer.writerow([r["image"], "", "", "", f"skipped: {r['skipped']}"])
+        else:
+            writer.writerow([r["image"], r["foreground"], r["uncertain"], f"{r['share']:.6f}", "kept" if r["kept"] else "dropped"])
+    return buffer.getvalue()

@@ -1,0 +1,66 @@
+"""Writing COCO: pseudo-label annotations (one RLE per class present per image) and merging files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from segensemble.errors import SegEnsembleError
+from segensemble.outputs.coco import encode_rle
+
+
+def categories(classes: list[str], background: int | None) -> list[dict]:
+    """COCO categories from the plan's class names; id = class id; the background class is implicit."""
+    return [{"id": i, "name": n, "supercategory": "object"} for i, n in enumerate(classes) if i != background]
+
+
+def image_annotations(labels: np.ndarray, background: int | None, classes: int) -> list[dict]:
+    """Annotations (without ids) for one label map: one RLE per non-background class present."""
+    from pycocotools import mask as mask_utils
+
+    out = []
+    for cls in np.unique(labels).tolist():
+        if cls == background or cls >= classes:  # background is implicit; ignore_index is not a class
+            continue
+        mask = labels == cls
+        rle = encode_rle(mask)
+        x, y, w, h = mask_utils.toBbox({**rle, "counts": rle["counts"].encode()}).tolist()
+        out.append({"category_id": int(cls), "iscrowd": 0, "area": int(mask.sum()), "bbox": [x, y, w, h], "segmentation": rle})
+    return out
+
+
+def assemble(records: list[dict], cats: list[dict]) -> dict:
+    """A COCO dict from per-image records {file_name, height, width, annotations}; fresh unique ids."""
+    images, anns = [], []
+    for image_id, rec in enumerate(records, start=1):
+        images.append({"id": image_id, "file_name": rec["file_name"], "height": rec["height"], "width": rec["width"]})
+        for ann in rec["annotations"]:
+            anns.append({**ann, "id": len(anns) + 1, "image_id": image_id})
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def merge(base: dict, extra: dict, source: str) -> dict:
+    """base + extra with extra's image and annotation ids shifted past base's; categories matched by name."""
+    by_name = {c["name"].lower(): c["id"] for c in base.get("categories", [])}
+    remap = {}
+    for cat in extra["categories"]:
+        if cat["name"].lower() not in by_name:
+            raise SegEnsembleError(f"{source}: has no category {cat['name']!r}; its categories are {sorted(by_name)}")
+        remap[cat["id"]] = by_name[cat["name"].lower()]
+    img_off = max((i["id"] for i in base.get("images", [])), default=0)
+    ann_off = max((a["id"] for a in base.get("annotations", [])), default=0)
+    images = base.get("images", []) + [{**i, "id": i["id"] + img_off} for i in extra["images"]]
+    anns = base.get("annotations", []) + [
+        {**a, "id": a["id"] + ann_off, "image_id": a["image_id"] + img_off, "category_id": remap[a["category_id"]]}
+        for a in extra["annotations"]
+    ]
+    return {**base, "images": images, "annotations": anns}
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SegEnsembleError(f"{path}: cannot read COCO json ({exc})") from exc

@@ -1,0 +1,1 @@
+"""HTTP serving of a build: FastAPI app, micro-batching, limits and metrics. Runtime only, no torch."""

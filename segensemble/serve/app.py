@@ -1,0 +1,57 @@
+"""The FastAPI app: the engine loads once in the lifespan, is warmed up, then serves.
+
+``create_app(settings)`` for programs and tests; ``app`` (module attribute, built lazily from
+SEGENSEMBLE_BUILD) for ``uvicorn segensemble.serve.app:app``.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import numpy as np
+
+from segensemble.serve.settings import ServeSettings
+
+
+def create_app(settings: ServeSettings):
+    from fastapi import FastAPI
+
+    from segensemble.serve.routes import router
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from segensemble.ensemble.engine import Engine
+        from segensemble.ensemble.sessions import RuntimeOptions
+        from segensemble.serve.batching import Batcher
+        from segensemble.serve.metrics import Metrics
+
+        state = app.state
+        state.ready = False
+        state.metrics = Metrics.create()
+        state.engine = Engine.from_build(settings.build_dir, RuntimeOptions(settings.providers, settings.threads), settings.max_batch)
+        state.engine.predict([np.zeros((64, 64, 3), np.uint8)])  # warm-up: first ORT runs allocate and tune
+        state.batcher = Batcher(state.engine, settings.max_batch, settings.batch_window_ms / 1000, settings.max_queue,
+                                on_batch=state.metrics.batch_size.observe)
+        state.batcher.start()
+        state.ready = True
+        yield
+        state.ready = False
+        await state.batcher.stop()
+
+    app = FastAPI(title="segensemble", version=_version(), lifespan=lifespan,
+                  description="Semantic segmentation by a soft-voting ensemble: the same engine as `ensemble predict`.")
+    app.state.settings = settings
+    app.include_router(router)
+    return app
+
+
+def _version() -> str:
+    import segensemble
+
+    return segensemble.__version__
+
+
+def __getattr__(name: str):
+    if name == "app":  # built on first access so importing this module needs no environment
+        return create_app(ServeSettings.from_env())
+    raise AttributeError(name)

@@ -1,0 +1,119 @@
+"""Micro-batching: concurrent requests are grouped into one engine call, off the event loop.
+
+The queue is bounded (``QueueFull`` past it) and every item carries a deadline: an item whose deadline has
+passed before it runs is answered with ``DeadlineExceeded`` and costs no compute. If a batch fails as a
+whole, its items are retried one by one so a single bad image cannot fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class QueueFull(Exception):
+    pass
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+@dataclass
+class _Item:
+    image: np.ndarray
+    deadline: float
+    future: asyncio.Future = field(repr=False)
+
+
+class Batcher:
+    def __init__(self, engine, max_batch: int, window_s: float, max_queue: int, on_batch=None):
+        self.engine, self.max_batch, self.window_s, self.max_queue = engine, max_batch, window_s, max_queue
+        self.on_batch = on_batch or (lambda size: None)
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")  # one engine call at a time
+        self._task: asyncio.Task | None = None
+        self.in_flight = 0
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop."""
+        while self._queue.qsize() or self.in_flight:
+            await asyncio.sleep(0.01)
+        if self._task:
+            self._task.cancel()
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, image: np.ndarray, timeout_s: float):
+        if self._queue.qsize() >= self.max_queue:
+            raise QueueFull()
+        item = _Item(image, time.monotonic() + timeout_s, asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(item)
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded() from None
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            end = time.monotonic() + self.window_s
+            while len(batch) < self.max_batch:
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            now = time.monotonic()
+            live = []
+            for item in batch:
+                if item.deadline <= now:
+                    _settle(item, error=DeadlineExceeded())
+                else:
+                    live.append(item)
+            if not live:
+                continue
+            self.in_flight = len(live)
+            self.on_batch(len(live))
+            try:
+                results = await loop.run_in_executor(self._executor, self._predict, [i.image for i in live])
+                for item, result in zip(live, results):
+                    _settle(item, result=result)
+            finally:
+                self.in_flight = 0
+
+    def _predict(self, images: list[np.ndarray]) -> list:
+        try:
+            return self.engine.predict(images)
+        except Exception:
+            return [self._one(img) for img in images]
+
+    def _one(self, image: np.ndarray):
+        try:
+            return self.engine.predict([image])[0]
+        except Exception as exc:  # handed to that request only
+            return exc
+
+
+def _settle(item: _Item, result=None, error: Exception | None = None) -> None:
+    if item.future.done():
+        return
+    if error is None and isinstance(result, Exception):
+        error = result
+    if error is not None:
+        item.future.set_exception(error)
+    else:
+        item.future.set_result(result)

@@ -1,0 +1,37 @@
+"""Response schemas: what the OpenAPI docs show for each field."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Rle(BaseModel):
+    size: list[int] = Field(description="[height, width] of the mask")
+    counts: str = Field(description="COCO compressed RLE string (pycocotools.mask.decode reads it)")
+
+
+class ClassMask(BaseModel):
+    class_id: int = Field(description="index into the plan's classes")
+    class_name: str
+    area: int = Field(description="pixels labelled with this class")
+    mean_confidence: float = Field(description="mean ensemble probability of this class over its pixels")
+    rle: Rle
+
+
+class SegmentJson(BaseModel):
+    width: int
+    height: int
+    classes: list[ClassMask] = Field(description="one entry per class present in the label map")
+
+
+class Ready(BaseModel):
+    ready: bool
+    providers: list[str] = Field(description="ONNX Runtime execution providers actually active")
+    requested_providers: list[str]
+    fell_back_to_cpu: bool = Field(description="true when a GPU provider was asked for but ONNX Runtime runs on CPU")
+    members: int
+    forward_passes_per_image: int
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what was wrong with the request and what is allowed")

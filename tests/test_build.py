@@ -1,0 +1,77 @@
+"""ensemble build: manifest contents, reuse of earlier exports, class agreement, ONNX members, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from segensemble.errors import PlanError
+from segensemble.export.build import build, plan_table
+from segensemble.plan import load_plan
+
+from conftest import plan_text
+
+
+def test_manifest_records_members_views_and_cost(built):
+    manifest = json.loads((built["dir"] / "manifest.json").read_text())
+    by_name = {m["name"]: m for m in manifest["members"]}
+    assert len(by_name["unet-folds"]["models"]) == 2 and len(by_name["unet-swa"]["models"]) == 1
+    assert by_name["fpn"]["arch"] == "FPN"  # carried by the smp directory
+    views = {n: len(m["models"]) * len(m["scales"]) * len(m["tta"]) for n, m in by_name.items()}
+    assert views == {"unet-ms": 6, "unet-folds": 10, "unet-epochs": 4, "unet-swa": 2, "fpn": 2}
+    assert manifest["cost"]["forward_passes"] == sum(views.values()) and manifest["cost"]["gflops"] > 0
+    for m in manifest["members"]:
+        for e in m["models"]:
+            assert (built["dir"] / e["file"]).is_file() and len(e["sha256"]) == 64
+            assert e["parity"]["max_abs_logit"] <= 1e-3
+    assert "CPUExecutionProvider" in manifest["providers"]
+    table = plan_table(built["result"].manifest)
+    assert "unet-folds" in table and "per image: 24 forward passes" in table
+
+
+def test_rebuild_reuses_exports_and_includes_onnx_members(built, tmp_path):
+    plan_file = tmp_path / "plan.yaml"
+    onnx_file = built["dir"] / "fpn-0.onnx"
+    ckpt = json.loads((built["dir"] / "manifest.json").read_text())["members"][0]["models"][0]["sources"][0].rsplit("/", 1)[0]
+    plan_file.write_text(plan_text(ckpt, built["plan"].parent, onnx_member=onnx_file).replace(
+        str(built["plan"].parent), str(built["plan"].parent)))
+    text = built["plan"].read_text() + f"""
+  - name: exported
+    onnx: {onnx_file}
+    tta: [identity]
+"""
+    plan_file.write_text(text)
+    result = build(load_plan(plan_file), built["dir"], quiet=True)
+    assert result.exported == 1 and result.reused == 7  # only the ONNX member was new
+    exported = result.manifest.members[-1]
+    assert exported.axis == "onnx" and exported.models[0].form == "onnx"
+    # restore the session build for other tests
+    build(load_plan(built["plan"]), built["dir"], quiet=True)
+
+
+def test_class_count_must_agree(built, tmp_path):
+    text = built["plan"].read_text().replace('"Metal"]', '"Metal", "Glass"]')
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(text)
+    with pytest.raises(Exception, match="unet.pth.*segmentation_head") as err:
+        build(load_plan(plan_file), tmp_path / "out", quiet=True)
+    assert "5 classes" in str(err.value) or "shape" in str(err.value)
+
+
+def test_missing_source_names_the_member(built, tmp_path):
+    text = built["plan"].read_text().replace("unet_e40.pth]", "unet_e99.pth]", 1)
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(text)
+    with pytest.raises(PlanError, match=r"members\[1\] \(unet-folds\)\.folds: .*unet_e99.pth does not exist"):
+        build(load_plan(plan_file), tmp_path / "out", quiet=True)
+
+
+def test_cli_build_prints_the_plan_table(built):
+    done = subprocess.run([sys.executable, "-m", "segensemble.cli", "build", str(built["plan"]), "-o", str(built["dir"]), "--quiet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "member" in done.stdout and "views" in done.stdout and "0 exported, 7 reused" in done.stdout
+    assert "BatchNorm" not in done.stdout or "recomputed" in done.stdout
