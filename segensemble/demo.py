@@ -63,8 +63,9 @@ def run_demo(opts: DemoOptions) -> dict:
     _step(5, total, "predicting the test set into a submission CSV")
     _check(main(["predict", str(test.images), "--coco", str(test.coco), "--build", str(out / "build"),
                  "-o", str(out / "submission.csv"), "--save-masks", str(out / "masks")]))
-    _step(6, total, "pseudo-labels for the test images (image-level confidence rule)")
+    _step(6, total, "pseudo-labels for the test images (image-level rule; --max-uncertain 0.3 since tiny models are less sure)")
     _check(main(["pseudo-label", str(test.images), "--build", str(out / "build"), "-o", str(out / "pseudo.json"),
+                 "--min-prob", "0.8", "--max-uncertain", "0.3", "--save-masks", str(out / "pseudo_masks"),
                  "--merge", str(train.coco), "--report", str(out / "pseudo_report.csv")]))
     _step(7, total, "serve it")
     print(f"  ensemble serve --build {out / 'build'} --port 8000")
@@ -86,14 +87,17 @@ def _train_members(train, ckpt: Path, opts: DemoOptions) -> None:
     n = len(images)
     folds = [np.arange(n) % 2 != k for k in range(2)]  # 2-fold: each model trains on half the images
     started = time.perf_counter()
-    snapshot_steps = (opts.steps - 20, opts.steps - 10, opts.steps)
     for k, keep in enumerate(folds):
-        model, snaps = train_tiny(ModelSpec("Unet", "resnet18", len(DEMO_CLASSES), extra=UNET), images[keep], masks[keep],
-                                  steps=opts.steps, seed=opts.seed + k, snapshots=snapshot_steps if k == 0 else ())
+        model, _ = train_tiny(ModelSpec("Unet", "resnet18", len(DEMO_CLASSES), extra=UNET), images[keep], masks[keep],
+                              steps=opts.steps, seed=opts.seed + k)
         save_checkpoint(model, ckpt / f"unet_f{k}.pth", "nested_state_dict")
-        for step, state in snaps.items():
-            save_checkpoint(model, ckpt / f"unet_e{step}.pth", "state_dict", state)
-        print(f"  unet fold {k}: trained ({time.perf_counter() - started:.0f}s)", flush=True)
+        print(f"  unet fold {k}: trained on {int(keep.sum())} images ({time.perf_counter() - started:.0f}s)", flush=True)
+    snapshot_steps = (opts.steps - 20, opts.steps - 10, opts.steps)
+    model, snaps = train_tiny(ModelSpec("Unet", "resnet18", len(DEMO_CLASSES), extra=UNET), images, masks,
+                              steps=opts.steps, seed=opts.seed + 5, snapshots=snapshot_steps)
+    for step, state in snaps.items():
+        save_checkpoint(model, ckpt / f"unet_e{step}.pth", "state_dict", state)
+    print(f"  unet on all images: snapshots at steps {snapshot_steps} ({time.perf_counter() - started:.0f}s)", flush=True)
     model, _ = train_tiny(ModelSpec("FPN", "resnet18", len(DEMO_CLASSES), extra=FPN), images, masks, steps=opts.steps, seed=opts.seed + 7)
     save_checkpoint(model, ckpt / "fpn_dir", "smp_dir")
     print(f"  fpn: trained, saved as an smp directory ({time.perf_counter() - started:.0f}s)", flush=True)
