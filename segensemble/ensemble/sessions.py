@@ -28,6 +28,7 @@ class RuntimeOptions:
 
     providers: tuple[str, ...] | None = None
     threads: int = 0
+    spin: bool = False  # ORT worker threads busy-wait between ops; measured slower here (see docs/benchmarks.md)
     trt_cache_dir: str | None = None
     trt_fp16: bool = False
 
@@ -111,6 +112,8 @@ def open_session(path: str | Path, options: RuntimeOptions = RuntimeOptions()) -
     so.intra_op_num_threads = options.threads  # 0: onnxruntime picks one thread per physical core
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    # busy-waiting workers steal the cores that decoding, the HTTP loop and the other session need
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
     names = resolve_providers(options.providers)
     try:
         session = ort.InferenceSession(str(path), sess_options=so, providers=_provider_entries(names, options))
