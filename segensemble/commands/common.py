@@ -27,7 +27,7 @@ def add_runtime_flags(p) -> None:
     src.add_argument("--plan", type=Path, help="plan.yaml: build it first (into build/ beside it, reusing exports)")
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order (tensorrt, cuda, cpu; default: best available)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default 0 = one per physical core)")
-    p.add_argument("--batch-images", type=int, default=4, help="images per engine batch (default 4)")
+    p.add_argument("--batch-images", type=int, default=1, help="images per engine batch (default 1: fastest and leanest on CPU; raise it on a GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -139,7 +139,7 @@ class Engine:
     def stream(
         self,
         refs: Iterable[ImageRef],
-        batch_images: int = 4,
+        batch_images: int = 1,
         prefetch: int = 8,
         per_member: bool = False,
         reader: Callable[[ImageRef], np.ndarray] | None = None,

@@ -19,7 +19,7 @@ ENSEMBLE = "ensemble"
 @dataclass(frozen=True)
 class EvaluateOptions:
     unlabeled: str | None = None  # "background" | "ignore" | None = decide from the plan's first class
-    batch_images: int = 4
+    batch_images: int = 1
     progress: bool = True
 
 

@@ -23,7 +23,7 @@ class PredictOptions:
     submission_size: tuple[int, int] = (256, 256)
     resume: bool = False
     skip_bad: bool = False
-    batch_images: int = 4
+    batch_images: int = 1
     progress: bool = True
 
 

@@ -37,7 +37,7 @@ class PseudoOptions:
     file_prefix: str = ""
     resume: bool = False
     skip_bad: bool = False
-    batch_images: int = 4
+    batch_images: int = 1
     progress: bool = True
 
 
