@@ -118,3 +118,20 @@ def test_cli_predict_end_to_end(built, data, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "segensemble.cli", "predict", str(tmp_path / "nope"), "--build", str(built["dir"])],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "nope" in missing.stderr
+
+
+def test_engine_ray_without_ray_says_how_to_install(built, data, tmp_path):
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'ray':\n"
+        "            raise ImportError('No module named ray')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from segensemble.cli import main\n"
+        f"sys.exit(main(['predict', {str(data['test'].images)!r}, '--build', {str(built['dir'])!r}, '--engine', 'ray', "
+        f"'-o', {str(tmp_path / 's.csv')!r}, '--quiet']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 2 and "pip install 'segensemble[dist]'" in done.stderr, done.stderr
+    assert not (tmp_path / "s.csv").exists()

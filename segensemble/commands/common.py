@@ -67,4 +67,5 @@ def add_dist_flags(p) -> None:
 def dist_stream(args, engine):
     from segensemble.dist.ray_engine import ray_stream
 
-    return ray_stream(engine.build_dir, address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor)
+    return ray_stream(engine.build_dir, address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                      threads_per_actor=args.threads or 1)

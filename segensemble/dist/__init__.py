@@ -1,0 +1,1 @@
+"""Past one machine: Ray Data for offline work (the `dist` extra)."""
