@@ -14,6 +14,10 @@ def add(sub) -> None:
                        "earlier export when source sha256 and options match), verify parity and write DIR/manifest.json.")
     p.add_argument("plan", type=Path, help="plan.yaml")
     p.add_argument("-o", "--output", type=Path, help="build directory (default: build/ beside the plan)")
+    p.add_argument("--fuse", action="store_true", help="also write one ONNX graph doing every member, scale, TTA view, "
+                   "softmax and the weighted mean (for Triton and GPU serving), verified against the engine")
+    p.add_argument("--fuse-size", nargs=2, type=int, metavar=("H", "W"), help="image size of the fused graph "
+                   "(default: the members' common input_size)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -31,5 +35,13 @@ def run(args) -> int:
         for e in m.models:
             if e.parity:
                 print(f"{e.file}: parity max |Δlogit| {e.parity['max_abs_logit']:.2e}, argmax {e.parity['argmax_agreement']:.4%}")
+    if args.fuse:
+        from segensemble.export.fuse import fuse, verify_fused
+        from segensemble.export.triton import common_input_size
+
+        hw = tuple(args.fuse_size) if args.fuse_size else common_input_size(result.manifest)
+        fused = fuse(result.manifest, out, hw, out / f"fused_{hw[0]}x{hw[1]}.onnx")
+        figures = verify_fused(out, fused, hw)
+        print(f"fused graph: {fused} (vs engine: max |ΔP| {figures['max_abs_prob']:.1e}, argmax {figures['argmax_agreement']:.4%})")
     print(f"build: {out} ({result.exported} exported, {result.reused} reused); providers here: {', '.join(result.manifest.providers)}")
     return 0
