@@ -7,10 +7,10 @@ import argparse
 import logging
 import sys
 
-from segensemble.commands import build, demo, evaluate, export, predict, pseudo, serve, triton
+from segensemble.commands import analyze, build, demo, evaluate, export, predict, pseudo, serve, triton
 from segensemble.errors import SegEnsembleError
 
-COMMANDS = (export, build, predict, evaluate, pseudo, serve, triton, demo)
+COMMANDS = (export, build, predict, evaluate, analyze, pseudo, serve, triton, demo)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ensemble", description="Segmentation ensembles: plan, export, build, predict, "

@@ -46,6 +46,16 @@ class MemberRuntime:
     std: np.ndarray
 
 
+@dataclass(frozen=True)
+class ViewKey:
+    """Which view produced a probability map: image index in the call, model index, scale, TTA name."""
+
+    image: int
+    model: int
+    scale: float
+    tta: str
+
+
 @dataclass
 class _Job:
     image: int
@@ -103,7 +113,7 @@ class Engine:
             votes = [Vote(hw) for hw in sizes] if per_member else ensemble
             # every view of a member counts equally; with per-member votes w_m is applied to P_m below
             view_weight = (1.0 if per_member else member.entry.weight) / member.entry.views
-            self._run_member(member, images, votes, view_weight)
+            self.run_views(member, images, lambda view, p, votes=votes, w=view_weight: votes[view.image].add(p, w))
             if per_member:
                 member_probs[member.entry.name] = [v.result() for v in votes]
                 for i, probs in enumerate(member_probs[member.entry.name]):
@@ -113,7 +123,9 @@ class Engine:
             for i in range(len(images))
         ]
 
-    def _run_member(self, member: MemberRuntime, images: list[np.ndarray], votes: list[Vote], weight: float) -> None:
+    def run_views(self, member: MemberRuntime, images: list[np.ndarray], sink: Callable[[ViewKey, np.ndarray], None]) -> None:
+        """Run every view of ``member`` over ``images``; ``sink(view, probs)`` receives each view's softmaxed,
+        deaugmented, cropped (C, h, w) probabilities at the view's own resolution."""
         entry = member.entry
         for scale in entry.scales:
             jobs = []
@@ -121,10 +133,10 @@ class Engine:
                 size = scaled_size(entry.input_size or img.shape[:2], scale)
                 x = prepare_input(img, size, member.mean, member.std, entry.stride)
                 jobs.extend(_Job(i, t, size, TTA[t].augment(x)) for t in entry.tta)
-            for session in member.sessions:
-                self._run_jobs(session, jobs, votes, weight)
+            for k, session in enumerate(member.sessions):
+                self._run_jobs(session, jobs, lambda job, p, k=k, s=scale: sink(ViewKey(job.image, k, s, job.tta), p))
 
-    def _run_jobs(self, session: ModelSession, jobs: list[_Job], votes: list[Vote], weight: float) -> None:
+    def _run_jobs(self, session: ModelSession, jobs: list[_Job], sink) -> None:
         by_shape: dict[tuple, list[_Job]] = defaultdict(list)
         for job in jobs:
             by_shape[job.array.shape].append(job)
@@ -134,7 +146,7 @@ class Engine:
                 probs = softmax(session.run(np.stack([j.array for j in chunk])))
                 for job, p in zip(chunk, probs):
                     h, w = job.size_hw
-                    votes[job.image].add(TTA[job.tta].deaugment(p)[:, :h, :w], weight)
+                    sink(job, TTA[job.tta].deaugment(p)[:, :h, :w])
 
     def stream(
         self,

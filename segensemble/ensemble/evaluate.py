@@ -28,7 +28,7 @@ def evaluate(engine: Engine, coco_path: Path, image_root: Path, options: Evaluat
     coco = load_coco(coco_path)
     classes = engine.classes
     cats = category_map(coco, classes, str(coco_path))
-    unlabeled = _unlabeled_value(options.unlabeled, classes)
+    unlabeled = unlabeled_value(options.unlabeled, classes)
     refs = [ImageRef(img["file_name"], Path(image_root) / img["file_name"], img["id"]) for img in coco.dataset["images"]]
     meters = {name: IouMeter(len(classes)) for name in [ENSEMBLE, *(m.entry.name for m in engine.members)]}
     bar = tqdm(total=len(refs), unit="img", desc="evaluate", disable=not options.progress)
@@ -51,7 +51,7 @@ def evaluate(engine: Engine, coco_path: Path, image_root: Path, options: Evaluat
     }
 
 
-def _unlabeled_value(choice: str | None, classes: list[str]) -> int:
+def unlabeled_value(choice: str | None, classes: list[str]) -> int:
     if choice is None:
         return 0 if has_background(classes) else IGNORE
     if choice not in ("background", "ignore"):

@@ -1,0 +1,86 @@
+"""The per-view cache: each view's (C, H, W) probabilities of each image, on disk, read one image at a time.
+
+One flat memory-mapped file per view holds every image back to back (images may differ in size), so
+memory stays bounded by one image's views whatever the dataset size. float16 by default (half the disk;
+argmax ties may flip on a handful of pixels), float32 for exact scoring.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from segensemble.ensemble.engine import Engine, ViewKey
+from segensemble.ensemble.views import resize_hwc
+from segensemble.images import ImageRef, read_image
+
+
+@dataclass(frozen=True)
+class View:
+    member: int
+    model: int
+    scale: float
+    tta: str
+
+
+class ViewCache:
+    def __init__(self, root: Path, views: list[View], sizes: list[tuple[int, int]], classes: int, dtype: str, mode: str = "w+"):
+        self.root, self.views, self.sizes, self.classes = Path(root), views, sizes, classes
+        self.offsets = np.concatenate([[0], np.cumsum([classes * h * w for h, w in sizes])]).astype(np.int64)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.files = [np.memmap(self.root / f"view_{j}.bin", dtype=dtype, mode=mode, shape=(int(self.offsets[-1]),))
+                      for j in range(len(views))]
+        self.seconds = np.zeros(len(views))  # time spent producing each view, all images together
+
+    def put(self, view: int, image: int, probs: np.ndarray) -> None:
+        self.files[view][self.offsets[image]:self.offsets[image + 1]] = probs.ravel()
+
+    def get(self, view: int, image: int) -> np.ndarray:
+        h, w = self.sizes[image]
+        return np.asarray(self.files[view][self.offsets[image]:self.offsets[image + 1]], dtype=np.float32).reshape(self.classes, h, w)
+
+    def combine(self, coeffs: dict[int, float], image: int) -> np.ndarray:
+        """Σ coeff_v · p_v for one image (coefficients already normalized)."""
+        total = None
+        for view, c in coeffs.items():
+            p = self.get(view, image) * np.float32(c)
+            total = p if total is None else total + p
+        return total
+
+
+def list_views(engine: Engine) -> list[View]:
+    return [View(mi, k, s, t) for mi, m in enumerate(engine.members) for k in range(len(m.sessions))
+            for s in m.entry.scales for t in m.entry.tta]
+
+
+def build_cache(engine: Engine, refs: list[ImageRef], root: Path, dtype: str = "float16", progress: bool = True) -> ViewCache:
+    """Run every view of every member once over ``refs`` and store each view's full-size probabilities."""
+    views = list_views(engine)
+    index = {v: j for j, v in enumerate(views)}
+    from PIL import Image
+
+    sizes = []
+    for ref in refs:  # sizes from the headers, without decoding twice
+        with Image.open(ref.path) as img:
+            sizes.append((img.height, img.width))
+    images = (read_image(r.path) for r in refs)
+    cache = ViewCache(root, views, sizes, len(engine.classes), dtype)
+    for i, image in enumerate(tqdm(images, total=len(refs), desc="analyze: views", unit="img", disable=not progress)):
+        for mi, member in enumerate(engine.members):
+            started = time.perf_counter()
+
+            def sink(key: ViewKey, probs: np.ndarray, mi=mi) -> None:
+                full = resize_hwc(np.ascontiguousarray(probs.transpose(1, 2, 0)), sizes[i])
+                full = full[..., None] if full.ndim == 2 else full
+                cache.put(index[View(mi, key.model, key.scale, key.tta)], i, full.transpose(2, 0, 1))
+
+            engine.run_views(member, [image], sink)
+            spent = time.perf_counter() - started
+            mine = [j for j, v in enumerate(views) if v.member == mi]
+            area = np.array([views[j].scale ** 2 for j in mine])  # cost of a view grows with its pixel count
+            cache.seconds[mine] += spent * area / area.sum()
+    return cache

@@ -1,0 +1,61 @@
+"""`ensemble analyze`: what each axis and member buys, ensemble selection, pictures of the errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add(sub) -> None:
+    p = sub.add_parser("analyze", help="ablation by axis, ensemble selection and error pictures on a labelled set",
+                       description="Run every view once over a labelled validation set (probabilities cached on disk), "
+                       "then score without running models again: the ensemble with each axis removed in turn and each "
+                       "member alone (sorted by gain, with cost), greedy forward selection with replacement (Caruana et al. "
+                       "2004) and a weight search, written as plan.tuned.yaml; per-class pictures, report.json, index.html.")
+    p.add_argument("plan", type=Path, help="plan.yaml (built into build/ beside it unless --build is given)")
+    p.add_argument("--coco", type=Path, required=True, help="COCO json with the validation ground truth")
+    p.add_argument("--images", type=Path, required=True, help="image root (COCO file_name is relative to it)")
+    p.add_argument("-o", "--output", type=Path, default=Path("report"), help="report folder (default report/)")
+    p.add_argument("--build", type=Path, help="an existing build of this plan")
+    p.add_argument("--holdout", type=float, default=0.0, help="share of images kept out of selection to report an honest figure (e.g. 0.3)")
+    p.add_argument("--samples", type=int, default=4, help="validation images drawn as error grids (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the held-out split and the samples (default 0)")
+    p.add_argument("--cache-dtype", choices=["float16", "float32"], default="float16", help="per-view cache precision (default float16)")
+    p.add_argument("--unlabeled", choices=["background", "ignore"], help="unannotated pixels (default: from the plan's first class)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from segensemble.analysis.report import AnalyzeOptions, analyze
+    from segensemble.commands.common import default_build_dir
+    from segensemble.ensemble.engine import Engine
+    from segensemble.errors import SegEnsembleError
+    from segensemble.plan import load_plan
+
+    if not 0 <= args.holdout < 1:
+        raise SegEnsembleError(f"--holdout must be in [0, 1), got {args.holdout}")
+    plan = load_plan(args.plan)
+    build_dir = args.build
+    if build_dir is None:
+        from segensemble.export.build import build
+
+        build_dir = default_build_dir(args.plan)
+        build(plan, build_dir, quiet=args.quiet)
+    engine = Engine.from_build(build_dir)
+    options = AnalyzeOptions(args.output, args.holdout, args.seed, args.samples, args.cache_dtype, args.unlabeled, not args.quiet)
+    report = analyze(engine, args.coco, args.images, options, plan)
+    print(f"full ensemble mIoU {report['full']['miou']:.4f} ({report['full']['forward_passes']} passes, "
+          f"{report['full']['ms_per_image']:.0f} ms/img)")
+    print(f"{'variant':<28}{'mIoU':>8}{'gain':>9}{'passes':>8}{'ms/img':>9}")
+    for r in report["ablation"]:
+        if r.get("miou") is None:
+            print(f"{r['variant']:<28}{'-':>8}{'-':>9}   ({r['note']})")
+        else:
+            print(f"{r['variant']:<28}{r['miou']:>8.4f}{r['gain']:>+9.4f}{r['forward_passes']:>8}{r['ms_per_image']:>9.1f}")
+    chosen = report["selection"]["chosen"]
+    print(f"selection ({chosen['method']}): weights {chosen['weights']}, mIoU {chosen['miou_selection']:.4f} on selection images")
+    if "holdout" in report["selection"]:
+        h = report["selection"]["holdout"]
+        print(f"held out: plan weights {h['plan_weights']:.4f}, chosen {h['chosen']:.4f}, best single {h['best_single']:.4f}")
+    print(f"report: {args.output / 'index.html'}")
+    return 0

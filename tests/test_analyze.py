@@ -1,0 +1,91 @@
+"""ensemble analyze: cache scoring equals running the ensemble, selection is sound, pictures are written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from segensemble.analysis.report import AnalyzeOptions, analyze
+from segensemble.analysis.selection import greedy_selection, weight_search
+from segensemble.ensemble.engine import Engine
+from segensemble.ensemble.evaluate import EvaluateOptions, evaluate
+from segensemble.plan import load_plan
+
+
+@pytest.fixture(scope="module")
+def report(engine, built, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    options = AnalyzeOptions(out=out, holdout=0.34, samples=2, cache_dtype="float32", progress=False)
+    return analyze(engine, data["test"].coco, data["test"].images, options, load_plan(built["plan"])), out
+
+
+def test_cache_scores_equal_running_the_ensemble(report, engine, built, data):
+    rep, _ = report
+    direct = evaluate(engine, data["test"].coco, data["test"].images, EvaluateOptions(progress=False))
+    assert rep["full"]["miou"] == pytest.approx(direct["ensemble"]["miou"], abs=1e-9)
+    rows = {r["variant"]: r for r in rep["ablation"]}
+    for name, figures in direct["members"].items():
+        assert rows[f"{name} alone"]["miou"] == pytest.approx(figures["miou"], abs=1e-9)
+    # a variant scored from the cache equals an engine that really runs only those views
+    no_tta = engine.manifest.model_copy(update={"members": [
+        m.model_copy(update={"tta": ["identity" if "identity" in m.tta else m.tta[0]]}) for m in engine.manifest.members]})
+    direct_no_tta = evaluate(Engine(no_tta, built["dir"]), data["test"].coco, data["test"].images, EvaluateOptions(progress=False))
+    assert rows["no TTA"]["miou"] == pytest.approx(direct_no_tta["ensemble"]["miou"], abs=1e-9)
+    assert rows["no TTA"]["forward_passes"] == sum(len(m.models) * len(m.scales) for m in no_tta.members)
+
+
+def test_every_axis_is_reported_with_cost(report):
+    rep, _ = report
+    rows = {r["variant"]: r for r in rep["ablation"]}
+    for name in ("no multi-scale", "one fold", "one architecture", "no TTA", "no epoch snapshots", "no SWA"):
+        assert rows[name]["miou"] is not None and rows[name]["forward_passes"] < rep["full"]["forward_passes"]
+        assert rows[name]["ms_per_image"] > 0
+    gains = [r["gain"] for r in rep["ablation"] if r.get("gain") is not None]
+    assert gains == sorted(gains, reverse=True)
+
+
+def test_selection_never_below_best_single_member(report):
+    rep, _ = report
+    sel = rep["selection"]
+    assert sel["greedy"]["miou"] >= sel["best_single_miou_selection"] - 1e-12
+    assert sel["chosen"]["miou_selection"] >= sel["plan_weights_miou_selection"] - 1e-12
+    assert set(sel["holdout"]) == {"plan_weights", "chosen", "best_single"}
+
+
+def test_greedy_on_a_known_score():
+    """Scores where the best single member is 2 and adding 0 once helps; greedy must find it."""
+    def score(w):
+        total = sum(w)
+        share = [x / total for x in w]
+        return 0.6 * share[2] + 0.5 * share[0] + 0.3 * share[1] + (0.2 if 0 < share[0] < share[2] + 1e-9 else 0)
+
+    result = greedy_selection(3, score)
+    assert result["miou"] >= score([0, 0, 1]) and result["weights"][2] >= 1
+    assert weight_search([1.0, 1.0, 1.0], score)["miou"] >= score([1.0, 1.0, 1.0])
+
+
+def test_pictures_html_json_and_tuned_plan(report):
+    rep, out = report
+    pics = rep["pictures"]
+    for rel in [*pics["samples"], pics["iou_per_class"], pics["confusion"]]:
+        path = out / rel
+        assert path.is_file() and path.stat().st_size > 2000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(pics["samples"]) == 2
+    page = (out / "index.html").read_text()
+    assert "no TTA" in page and pics["confusion"] in page
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["full"]["miou"] == rep["full"]["miou"] and len(saved["confusion"]) == len(rep["classes"])
+    tuned = load_plan(out / "plan.tuned.yaml")
+    chosen = [w for w in rep["selection"]["chosen"]["weights"] if w > 0]
+    assert [m.weight for m in tuned.members] == chosen
+
+
+def test_cli_analyze(built, data, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "segensemble.cli", "analyze", str(built["plan"]), "--build", str(built["dir"]),
+                           "--coco", str(data["test"].coco), "--images", str(data["test"].images), "-o", str(tmp_path / "r"),
+                           "--samples", "1", "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "full ensemble mIoU" in done.stdout and "no multi-scale" in done.stdout and (tmp_path / "r" / "index.html").is_file()
