@@ -128,7 +128,8 @@ def _trace_fixed(model, shape: tuple[int, ...]) -> bytes:
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
         try:
-            program = torch.onnx.export(model, (torch.zeros(shape),), input_names=["image"], output_names=["logits"],
+            # an example batch of 2: export specializes a batch of 1 into the graph
+            program = torch.onnx.export(model, (torch.zeros((2, *shape[1:])),), input_names=["image"], output_names=["logits"],
                                         dynamic_shapes=({0: batch},), opset_version=18, dynamo=True, verbose=False)
         finally:
             logging.disable(logging.NOTSET)

@@ -1,0 +1,32 @@
+"""`ensemble demo` runs every stage to the end on data it makes itself (few training steps here)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+csv.field_size_limit(1 << 30)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "segensemble.cli", "demo", "--out", str(out), "--steps", "12"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for step in range(1, 8):
+        assert f"[{step}/7]" in done.stdout
+    assert "ensemble mIoU" in done.stdout and "best single member" in done.stdout
+    assert "ensemble serve --build" in done.stdout and "curl" in done.stdout
+    plan = (out / "plan.yaml").read_text()
+    for key in ("folds:", "epochs:", "swa:", "scales:", "tta:", "bn_images:"):
+        assert key in plan
+    report = json.loads((out / "evaluation.json").read_text())
+    assert set(report["members"]) == {"unet-kfold", "unet-epochs", "unet-swa", "fpn"}
+    rows = list(csv.reader(open(out / "submission.csv")))
+    assert len(rows) == 13 and rows[0] == ["image_id", "PredictionString"]
+    assert (out / "pseudo.json").is_file() and (out / "pseudo.merged.json").is_file()
