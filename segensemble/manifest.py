@@ -62,6 +62,18 @@ class Manifest(BaseModel):
     providers: list[str]
     cost: dict  # {"forward_passes": int, "gflops": float | None, "at_hw": [h, w]}
     plan: str | None = None
+    profiles: dict[str, dict] = {}  # name -> {members, tta, scales}: lighter subsets, e.g. for serving
+
+    def profile(self, name: str | None) -> Manifest:
+        """This manifest restricted to a named profile (None: the whole ensemble)."""
+        if name is None:
+            return self
+        from segensemble.plan import Profile, apply_profile
+
+        if name not in self.profiles:
+            raise SegEnsembleError(f"no profile {name!r} in this build; profiles: {sorted(self.profiles) or 'none'}")
+        members = apply_profile(self.members, Profile(**self.profiles[name]), f"profiles.{name}")
+        return self.model_copy(update={"members": members})
 
     def write(self, build_dir: Path) -> None:
         target = build_dir / MANIFEST_NAME

@@ -105,12 +105,23 @@ class MemberSpec(ViewOptions):
         return len(self.scales) * len(self.tta)
 
 
+class Profile(BaseModel):
+    """A lighter named subset of the ensemble (e.g. for serving): members kept, and TTA/scales restricted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    members: list[str] | None = Field(None, min_length=1, description="member names kept (default: all)")
+    tta: list[TtaName] | None = Field(None, min_length=1, description="TTA views kept, where a member has them")
+    scales: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=1, description="scales kept, where a member has them")
+
+
 class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     classes: list[str] = Field(min_length=1)
     defaults: ViewOptions = Field(default_factory=ViewOptions)
     members: list[MemberSpec] = Field(min_length=1)
+    profiles: dict[str, Profile] = Field(default_factory=dict)
     path: Path | None = None  # the plan file; relative sources were resolved against its folder
 
 
@@ -131,9 +142,9 @@ def parse_plan(raw: object, base_dir: Path, source: Path | None = None) -> Plan:
     where = f"{source}: " if source else ""
     if not isinstance(raw, dict):
         raise PlanError(f"{where}the plan must be a mapping with classes, defaults and members")
-    unknown = sorted(set(raw) - {"classes", "defaults", "members"})
+    unknown = sorted(set(raw) - {"classes", "defaults", "members", "profiles"})
     if unknown:
-        raise PlanError(f"{where}{unknown[0]}: unknown top-level field; expected classes, defaults, members")
+        raise PlanError(f"{where}{unknown[0]}: unknown top-level field; expected classes, defaults, members, profiles")
     defaults = _validate(ViewOptions, raw.get("defaults") or {}, ("defaults",), where)
     members_raw = raw.get("members")
     if not isinstance(members_raw, list) or not members_raw:
@@ -147,8 +158,30 @@ def parse_plan(raw: object, base_dir: Path, source: Path | None = None) -> Plan:
         members.append(_resolve_paths(member, base_dir))
     _check_unique_names(members, where)
     classes = raw.get("classes")
-    plan = _validate(Plan, {"classes": classes, "defaults": defaults, "members": members, "path": source}, (), where)
+    profiles = raw.get("profiles") or {}
+    plan = _validate(Plan, {"classes": classes, "defaults": defaults, "members": members, "profiles": profiles, "path": source}, (), where)
+    for name, profile in plan.profiles.items():
+        apply_profile(plan.members, profile, f"{where}profiles.{name}")
     return plan
+
+
+def apply_profile(members: list, profile: Profile, where: str) -> list:
+    """Members (plan or manifest entries) as the profile keeps them; errors name the profile field."""
+    names = [m.name for m in members]
+    for i, wanted in enumerate(profile.members or []):
+        if wanted not in names:
+            raise PlanError(f"{where}.members[{i}]: no member named {wanted!r}; members are {names}")
+    kept = []
+    for m in members:
+        if profile.members and m.name not in profile.members:
+            continue
+        tta = [t for t in m.tta if profile.tta is None or t in profile.tta]
+        scales = [s for s in m.scales if profile.scales is None or s in profile.scales]
+        if not tta or not scales:
+            what = "TTA view" if not tta else "scale"
+            raise PlanError(f"{where}: leaves member {m.name!r} with no {what} (it has tta {m.tta}, scales {m.scales})")
+        kept.append(m.model_copy(update={"tta": tta, "scales": scales}))
+    return kept
 
 
 def _validate(model: type[BaseModel], data: dict, prefix: tuple, where: str):

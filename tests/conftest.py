@@ -56,6 +56,8 @@ def plan_text(ckpt: Path, data_root: Path, onnx_member: Path | None = None) -> s
     """A plan over every axis: scales, folds, architectures, TTA, epochs, SWA (and an ONNX member)."""
     text = f"""
     classes: {json.dumps(CLASSES)}
+    profiles:
+      fast: {{members: [unet-ms, fpn], tta: [identity], scales: [1.0]}}
     defaults:
       arch: Unet
       encoder: resnet18

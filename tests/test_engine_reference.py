@@ -104,3 +104,14 @@ def test_engine_ensemble_beats_chance(engine, data):
     labels = np.stack([p.labels for p in engine.predict(images)])
     gt = np.stack(data["test"].masks)
     assert (labels == gt).mean() > max(0.8, (gt == 0).mean() + 0.05)
+
+
+def test_profile_is_the_reference_over_its_views(built, engine, data):
+    manifest = json.loads((built["dir"] / "manifest.json").read_text())
+    fast = engine.with_profile("fast")
+    assert fast.forward_passes == 2 and [m.entry.name for m in fast.members] == ["unet-ms", "fpn"]
+    assert fast.members[0].sessions[0] is engine.members[0].sessions[0]  # sessions are shared, not reopened
+    kept = [dict(m, tta=["identity"], scales=[1.0]) for m in manifest["members"] if m["name"] in ("unet-ms", "fpn")]
+    image = read_image(data["test"].images / "test_0002.png")
+    want = reference_probs({"members": kept}, built["dir"], image)
+    assert np.abs(fast.predict([image])[0].probs - want).max() <= 1e-4

@@ -98,3 +98,20 @@ def test_unreadable_and_non_mapping_plans(tmp_path):
     bad.write_text("classes: [a]\nmembers: []\n")
     with pytest.raises(PlanError, match="members: must be a non-empty list"):
         load_plan(bad)
+
+
+@pytest.mark.parametrize("profile,message", [
+    ("{members: [a, zz]}", "profiles.light.members[1]: no member named 'zz'"),
+    ("{tta: [vflip]}", "profiles.light: leaves member 'a' with no TTA view"),
+    ("{scales: [2.0]}", "profiles.light: leaves member 'a' with no scale"),
+    ("{tta: [blur]}", "profiles.light.tta[0]"),
+])
+def test_bad_profiles(profile, message):
+    with pytest.raises(PlanError) as err:
+        _parse(GOOD + f"profiles:\n  light: {profile}\n")
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_good_profile():
+    plan = _parse(GOOD + "profiles:\n  light: {members: [b], tta: [identity], scales: [1.0]}\n")
+    assert plan.profiles["light"].members == ["b"]

@@ -94,6 +94,20 @@ def test_png_over_http_equals_offline_predict(server, data, offline_masks):
             np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(resp.content))), offline)
 
 
+def test_profile_over_http_equals_offline_profile(server, built, data, tmp_path):
+    out = tmp_path / "fast"
+    done = subprocess.run([sys.executable, "-m", "segensemble.cli", "predict", str(data["test"].images), "--build", str(built["dir"]),
+                           "--profile", "fast", "--save-masks", str(out), "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    path = data["test"].images / "test_0004.png"
+    resp = httpx.post(f"{server}/segment?profile=fast", content=path.read_bytes(), headers={"Content-Type": "image/png"})
+    assert resp.status_code == 200
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(resp.content))), read_png(out / path.name))
+    assert httpx.get(f"{server}/readyz").json()["profiles"] == {"fast": 2}
+    bad = httpx.post(f"{server}/segment?profile=huge", content=path.read_bytes(), headers={"Content-Type": "image/png"})
+    assert bad.status_code == 422 and "unknown profile 'huge'" in bad.json()["detail"] and "fast" in bad.json()["detail"]
+
+
 def test_json_and_probs_formats(server, data, offline_masks):
     from pycocotools import mask as mask_utils
 

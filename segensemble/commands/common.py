@@ -27,6 +27,7 @@ def add_runtime_flags(p) -> None:
     src.add_argument("--plan", type=Path, help="plan.yaml: build it first (into build/ beside it, reusing exports)")
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order (tensorrt, cuda, cpu; default: best available)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default 0 = one per physical core)")
+    p.add_argument("--profile", help="run a named lighter profile of the plan (profiles: in plan.yaml) instead of the whole ensemble")
     p.add_argument("--batch-images", type=int, default=1, help="images per engine batch (default 1: fastest and leanest on CPU; raise it on a GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -43,6 +44,7 @@ def open_engine(args):
         build_dir = default_build_dir(args.plan)
         build(load_plan(args.plan), build_dir, quiet=args.quiet)
     engine = Engine.from_build(build_dir, RuntimeOptions(tuple(args.providers) if args.providers else None, args.threads))
+    engine = engine.with_profile(args.profile)
     if engine.fell_back:
         print("warning: a GPU provider was requested but ONNX Runtime fell back to CPU", file=sys.stderr)
     return engine
@@ -68,4 +70,4 @@ def dist_stream(args, engine):
     from segensemble.dist.ray_engine import ray_stream
 
     return ray_stream(engine.build_dir, address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-                      threads_per_actor=args.threads or 1)
+                      threads_per_actor=args.threads or 1, profile=args.profile)

@@ -30,11 +30,11 @@ def _ray():
 class EnsembleActor:
     """One engine per actor; called on batches of rows {index, path}."""
 
-    def __init__(self, build_dir: str, threads: int = 0):
+    def __init__(self, build_dir: str, threads: int = 0, profile: str | None = None):
         from segensemble.ensemble.engine import Engine
         from segensemble.ensemble.sessions import RuntimeOptions
 
-        self.engine = Engine.from_build(build_dir, RuntimeOptions(threads=threads))
+        self.engine = Engine.from_build(build_dir, RuntimeOptions(threads=threads)).with_profile(profile)
 
     def __call__(self, batch: dict) -> dict:
         from segensemble.images import read_image
@@ -54,7 +54,7 @@ class EnsembleActor:
 
 
 def ray_stream(build_dir: str | Path, address: str | None = None, actors: int = 2, gpus_per_actor: float = 0.0,
-               threads_per_actor: int = 1):
+               threads_per_actor: int = 1, profile: str | None = None):
     """A drop-in for ``Engine.stream`` that runs on Ray; ``address=None`` starts or joins a local Ray."""
     ray = _ray()
     if actors < 1:
@@ -72,7 +72,7 @@ def ray_stream(build_dir: str | Path, address: str | None = None, actors: int = 
         ctx.enable_progress_bars = False
         ds = ray.data.from_items([{"index": i, "path": str(r.path)} for i, r in enumerate(refs)])
         ds = ds.map_batches(
-            EnsembleActor, fn_constructor_kwargs={"build_dir": str(build_dir), "threads": threads_per_actor},
+            EnsembleActor, fn_constructor_kwargs={"build_dir": str(build_dir), "threads": threads_per_actor, "profile": profile},
             batch_size=batch_images, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor or None,
             batch_format="numpy",
         )

@@ -81,6 +81,17 @@ class Engine:
             for m in manifest.members
         ]
 
+    def with_profile(self, name: str | None) -> Engine:
+        """The same sessions, restricted to a named profile of the build (None: this engine)."""
+        if name is None:
+            return self
+        manifest = self.manifest.profile(name)
+        view = object.__new__(Engine)
+        view.manifest, view.build_dir, view.max_batch = manifest, self.build_dir, self.max_batch
+        by_name = {m.entry.name: m for m in self.members}
+        view.members = [MemberRuntime(e, by_name[e.name].sessions, by_name[e.name].mean, by_name[e.name].std) for e in manifest.members]
+        return view
+
     @classmethod
     def from_build(cls, build_dir: str | Path, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8) -> Engine:
         return cls(read_manifest(build_dir), Path(build_dir), options, max_batch)

@@ -61,6 +61,7 @@ def build(plan: Plan, out_dir: str | Path, *, providers: list[str] | None = None
     manifest = Manifest(
         classes=list(plan.classes), members=members, providers=providers or _providers(),
         cost=_cost(members), plan=str(plan.path) if plan.path else None,
+        profiles={k: v.model_dump(exclude_none=True) for k, v in plan.profiles.items()},
     )
     manifest.write(out)
     return BuildResult(manifest, out, reused, exported, notes)

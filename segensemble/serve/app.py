@@ -30,13 +30,19 @@ def create_app(settings: ServeSettings):
         state.metrics = Metrics.create()
         state.engine = Engine.from_build(settings.build_dir, RuntimeOptions(settings.providers, settings.threads), settings.max_batch)
         state.engine.predict([np.zeros((64, 64, 3), np.uint8)])  # warm-up: first ORT runs allocate and tune
-        state.batcher = Batcher(state.engine, settings.max_batch, settings.batch_window_ms / 1000, settings.max_queue,
-                                on_batch=state.metrics.batch_size.observe)
-        state.batcher.start()
+        # one batcher per profile: requests are only grouped with requests for the same views
+        state.batchers = {
+            name: Batcher(state.engine.with_profile(name), settings.max_batch, settings.batch_window_ms / 1000,
+                          settings.max_queue, on_batch=state.metrics.batch_size.observe)
+            for name in [None, *state.engine.manifest.profiles]
+        }
+        for batcher in state.batchers.values():
+            batcher.start()
         state.ready = True
         yield
         state.ready = False
-        await state.batcher.stop()
+        for batcher in state.batchers.values():
+            await batcher.stop()
 
     app = FastAPI(title="segensemble", version=_version(), lifespan=lifespan,
                   description="Semantic segmentation by a soft-voting ensemble: the same engine as `ensemble predict`.")

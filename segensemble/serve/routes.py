@@ -22,6 +22,9 @@ Format = Annotated[Literal["png", "json", "probs"], Query(
     description="png: the label map as a PNG (uint8 class ids, default); json: per-class COCO RLE with class name, "
                 "area and mean confidence; probs: float16 probabilities (C, H, W) in a compressed .npz under key `probs`")]
 
+Profile = Annotated[str | None, Query(
+    description="a lighter profile named in the build's plan (profiles:), e.g. fewer TTA views; default: the whole ensemble")]
+
 _ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in {
     400: "empty body, or a multipart body without a `file` field",
     413: "body larger than the server's limit",
@@ -54,6 +57,7 @@ async def readyz(request: Request, response: Response) -> Ready:
         requested_providers=sorted({p for m in engine.members for s in m.sessions for p in s.requested}) if engine else [],
         fell_back_to_cpu=engine.fell_back if engine else False, members=len(engine.members) if engine else 0,
         forward_passes_per_image=engine.forward_passes if engine else 0,
+        profiles={name: state.batchers[name].engine.forward_passes for name in getattr(state, "batchers", {}) if name},
     )
 
 
@@ -65,27 +69,30 @@ async def metrics(request: Request) -> Response:
 @router.post("/segment", summary="segment one image with the ensemble", responses={
     200: {"content": {"image/png": {}, "application/json": {"schema": SegmentJson.model_json_schema()},
                       "application/octet-stream": {}}, "description": "by `format`"}, **_ERRORS}, openapi_extra=_BODY_DOC)
-async def segment(request: Request, format: Format = "png") -> Response:
+async def segment(request: Request, format: Format = "png", profile: Profile = None) -> Response:
     state, settings = request.app.state, request.app.state.settings
     started, status = time.perf_counter(), 500
     try:
         if not getattr(state, "ready", False):
             raise HTTPException(503, "not ready yet", headers={"Retry-After": str(settings.retry_after_s)})
+        batcher = state.batchers.get(profile)
+        if batcher is None:
+            raise HTTPException(422, f"unknown profile {profile!r}; this build has {sorted(p for p in state.batchers if p) or 'none'}")
         data, source = await read_image_bytes(request, settings.max_body_bytes)
         try:
             image = await run_in_threadpool(decode_image, data, source, settings.max_pixels)
         except ImageError as exc:
             raise HTTPException(422, f"{source}: {exc.reason}") from None
-        state.metrics.queue_depth.set(state.batcher.depth + 1)
+        state.metrics.queue_depth.set(batcher.depth + 1)
         try:
-            prediction = await state.batcher.submit(image, settings.timeout_s)
+            prediction = await batcher.submit(image, settings.timeout_s)
         except QueueFull:
             raise HTTPException(503, f"queue full ({settings.max_queue} waiting); retry later",
                                 headers={"Retry-After": str(settings.retry_after_s)}) from None
         except DeadlineExceeded:
             raise HTTPException(504, f"not answered within {settings.timeout_s:g}s") from None
         finally:
-            state.metrics.queue_depth.set(state.batcher.depth)
+            state.metrics.queue_depth.set(batcher.depth)
         response = await run_in_threadpool(_render, prediction, format, state.engine.classes)
         status = 200
         return response

@@ -31,6 +31,7 @@ class Ready(BaseModel):
     fell_back_to_cpu: bool = Field(description="true when a GPU provider was asked for but ONNX Runtime runs on CPU")
     members: int
     forward_passes_per_image: int
+    profiles: dict[str, int] = Field(default_factory=dict, description="profile name -> forward passes per image")
 
 
 class ErrorBody(BaseModel):
