@@ -66,18 +66,11 @@ def run(args) -> int:
 
 
 def _swa(args, spec, mean, std):
-    import numpy as np
-
-    from segensemble.ensemble.views import prepare_input
-    from segensemble.images import list_images, read_image
-    from segensemble.models.swa import SwaReport, average_checkpoints, recalibrate_bn
+    from segensemble.models.swa import SwaReport, average_checkpoints, bn_batches, recalibrate_bn
 
     loaded = average_checkpoints(list(args.swa), spec, trust_pickle=args.trust_pickle)
     count = 0
     if args.bn_images:
-        m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         size = tuple(args.input_size) if args.input_size else None
-        batches = (prepare_input(img, size or img.shape[:2], m, s, args.stride)[None]
-                   for img in (read_image(r.path) for r in list_images(args.bn_images)))
-        count = recalibrate_bn(loaded.model, batches)
+        count = recalibrate_bn(loaded.model, bn_batches(args.bn_images, size, mean, std, args.stride))
     return loaded, SwaReport(list(args.swa), bool(args.bn_images), count).describe()

@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from segensemble.errors import PlanError
 from segensemble.export.onnx_export import OPSET, ExportOptions, export_onnx
-from segensemble.images import list_images, read_image
+from segensemble.images import list_images
 from segensemble.manifest import Manifest, MemberEntry, ModelEntry
 from segensemble.models.checkpoints import PartialSpec, file_sha256, load_checkpoint
-from segensemble.models.swa import SwaReport, average_checkpoints, recalibrate_bn
+from segensemble.models.swa import SwaReport, average_checkpoints, bn_batches, recalibrate_bn
 from segensemble.plan import MemberSpec, Plan
 
 COST_HW = (512, 512)  # the image size at which cost is reported for members without an input_size
@@ -94,7 +94,8 @@ def _build_model(plan: Plan, index: int, member: MemberSpec, k: int, out: Path) 
     note = None
     if member.axis == "swa":
         loaded = average_checkpoints([Path(s) for s in sources], spec, trust_pickle=member.trust_pickle)
-        count = recalibrate_bn(loaded.model, _bn_batches(member)) if member.bn_images else 0
+        count = recalibrate_bn(loaded.model, bn_batches(member.bn_images, member.input_size, member.mean, member.std, member.stride)) \
+            if member.bn_images else 0
         note = SwaReport([Path(s) for s in sources], bool(member.bn_images), count).describe()
     else:
         loaded = load_checkpoint(sources[0], spec, trust_pickle=member.trust_pickle)
@@ -164,23 +165,6 @@ def _copy_onnx(plan: Plan, where: str, member: MemberSpec, out: Path) -> ModelEn
         raise PlanError(f"{where}.onnx: {src} outputs {classes} classes but the plan lists {len(plan.classes)}")
     entry = _entry_from_metadata(target, session.metadata, out)
     return entry.model_copy(update={"sources": [str(src)], "sha256": file_sha256(src), "form": "onnx"})
-
-
-def _bn_batches(member: MemberSpec, batch: int = 8):
-    """Images from bn_images, preprocessed exactly as the engine feeds the model at scale 1."""
-    from segensemble.ensemble.views import prepare_input
-
-    mean, std = np.asarray(member.mean, np.float32), np.asarray(member.std, np.float32)
-    pending: list[np.ndarray] = []
-    for ref in tqdm(list_images(member.bn_images), desc=f"{member.name}: BN recalibration", unit="img", leave=False):
-        img = read_image(ref.path)
-        pending.append(prepare_input(img, member.input_size or img.shape[:2], mean, std, member.stride))
-        if len(pending) == batch or (pending and pending[0].shape != pending[-1].shape):
-            same = [p for p in pending if p.shape == pending[0].shape]
-            yield np.stack(same)
-            pending = [p for p in pending if p.shape != same[0].shape]
-    if pending:
-        yield np.stack(pending)
 
 
 def _member_entry(member: MemberSpec, models: list[ModelEntry]) -> MemberEntry:

@@ -73,3 +73,23 @@ def recalibrate_bn(model, batches: Iterable[np.ndarray]) -> int:
         update_bn(tensors(), model)
     model.eval()
     return count
+
+
+def bn_batches(folder: str | Path, size_hw: tuple[int, int] | None, mean, std, stride: int, batch: int = 8):
+    """Images from ``folder`` preprocessed exactly as the engine feeds a model at scale 1, batched by shape."""
+    from tqdm import tqdm
+
+    from segensemble.ensemble.views import prepare_input
+    from segensemble.images import list_images, read_image
+
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    pending: list[np.ndarray] = []
+    for ref in tqdm(list_images(folder), desc="BN recalibration", unit="img", leave=False):
+        img = read_image(ref.path)
+        x = prepare_input(img, size_hw or img.shape[:2], mean, std, stride)
+        if pending and (len(pending) == batch or pending[0].shape != x.shape):
+            yield np.stack(pending)
+            pending = []
+        pending.append(x)
+    if pending:
+        yield np.stack(pending)
