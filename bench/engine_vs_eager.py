@@ -125,7 +125,8 @@ def main() -> None:
         results = {}
         for mode in ("eager", "engine"):
             done = subprocess.run([sys.executable, __file__, "--mode", mode, "--work", str(work), "--size", str(args.size),
-                                   "--threads", str(args.threads), "--batch-images", str(args.batch_images)], capture_output=True, text=True, check=True)
+                                   "--threads", str(args.threads), "--batch-images", str(args.batch_images)],
+                                  capture_output=True, text=True, check=True)
             results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
         eager, engine = np.load(work / "eager.npz"), np.load(work / "engine.npz")
         diffs = [float(np.abs(eager[k].astype(np.float32) - engine[k].astype(np.float32)).max()) for k in eager.files]

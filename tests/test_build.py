@@ -7,12 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import plan_text
 
 from segensemble.errors import PlanError
 from segensemble.export.build import build, plan_table
 from segensemble.plan import load_plan
-
-from conftest import plan_text
 
 
 def test_manifest_records_members_views_and_cost(built):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CLASSES, UNET_KW
 
 from segensemble.errors import CheckpointError
 from segensemble.models.checkpoints import PartialSpec, load_checkpoint
 from segensemble.synthetic.trainer import SAVE_FORMS, save_checkpoint
-
-from conftest import CLASSES, UNET_KW
 
 UNET = PartialSpec("Unet", "resnet18", len(CLASSES), 3, UNET_KW)
 

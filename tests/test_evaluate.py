@@ -8,13 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import CLASSES
 
 from segensemble.ensemble.evaluate import EvaluateOptions, evaluate
 from segensemble.errors import SegEnsembleError
 from segensemble.images import read_image
 from segensemble.outputs.coco import IGNORE, category_map, label_map, load_coco
-
-from conftest import CLASSES
 
 
 def _miou(gts, preds, k):

@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from segensemble.ensemble.sessions import open_session
 from segensemble.errors import ExportError, SegEnsembleError
 from segensemble.export.onnx_export import ExportOptions, export_onnx
-from segensemble.ensemble.sessions import open_session
 from segensemble.models.checkpoints import LoadedModel, PartialSpec, load_checkpoint
 from segensemble.models.registry import ModelSpec, create_model
 

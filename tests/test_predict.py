@@ -10,12 +10,11 @@ import sys
 import albumentations as A
 import numpy as np
 import pytest
+from conftest import read_png
 
 from segensemble.ensemble.predict import PredictOptions, predict_to_files
 from segensemble.errors import ImageError
 from segensemble.images import list_images, read_image
-
-from conftest import read_png
 
 csv.field_size_limit(1 << 30)
 
@@ -34,7 +33,7 @@ def test_csv_rows_are_the_masks_resized_like_the_baseline(engine, data, tmp_path
     assert rows[0] == ["image_id", "PredictionString"]
     assert [r[0] for r in rows[1:]] == [r.image_id for r in refs]
     resize = A.Resize(256, 256)
-    for ref, (image_id, pred) in zip(refs, rows[1:]):
+    for ref, (_, pred) in zip(refs, rows[1:]):
         full = read_png(tmp_path / "masks" / ref.image_id)
         assert full.shape == read_image(ref.path).shape[:2]
         want = resize(image=read_image(ref.path), mask=full)["mask"]

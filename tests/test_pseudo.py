@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import CLASSES, read_png
 
 from segensemble.ensemble.engine import Prediction
 from segensemble.ensemble.pseudo_label import PseudoOptions, pseudo_label
@@ -16,8 +17,6 @@ from segensemble.errors import SegEnsembleError
 from segensemble.images import ImageRef, list_images, read_image
 from segensemble.outputs.coco import load_coco
 from segensemble.outputs.pseudo import PseudoRule, decide
-
-from conftest import CLASSES, read_png
 
 F32_08 = np.float32(0.8)
 JUST_ABOVE = np.nextafter(F32_08, np.float32(1))

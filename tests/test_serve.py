@@ -15,9 +15,8 @@ from contextlib import contextmanager
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import CLASSES, read_png
+from PIL import Image
 
 
 def _free_port() -> int:
@@ -195,7 +194,8 @@ def test_queue_full_gets_503_then_deadline_504(built):
     big = _png(np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8))
     with running_server(built["dir"], "--max-queue", "1", "--max-batch", "1", "--batch-window-ms", "0", "--timeout-s", "60") as (url, _):
         with ThreadPoolExecutor(10) as pool:
-            results = list(pool.map(lambda _: httpx.post(f"{url}/segment", content=big, headers={"Content-Type": "image/png"}, timeout=120), range(10)))
+            results = list(pool.map(
+                lambda _: httpx.post(f"{url}/segment", content=big, headers={"Content-Type": "image/png"}, timeout=120), range(10)))
         codes = sorted(r.status_code for r in results)
         assert set(codes) == {200, 503} and codes.count(503) >= 1, codes
         assert all(r.headers.get("retry-after") == "1" for r in results if r.status_code == 503)

@@ -73,7 +73,7 @@ def build_cache(engine: Engine, refs: list[ImageRef], root: Path, dtype: str = "
         for mi, member in enumerate(engine.members):
             started = time.perf_counter()
 
-            def sink(key: ViewKey, probs: np.ndarray, mi=mi) -> None:
+            def sink(key: ViewKey, probs: np.ndarray, mi=mi, i=i) -> None:
                 full = resize_hwc(np.ascontiguousarray(probs.transpose(1, 2, 0)), sizes[i])
                 full = full[..., None] if full.ndim == 2 else full
                 cache.put(index[View(mi, key.model, key.scale, key.tta)], i, full.transpose(2, 0, 1))

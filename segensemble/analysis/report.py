@@ -170,7 +170,8 @@ def _html(report: dict) -> str:
     samples = "".join(f'<p><a href="{p}"><img src="{p}" style="max-width:100%"></a></p>' for p in pics["samples"])
     tuned = '<p>Tuned plan: <a href="plan.tuned.yaml">plan.tuned.yaml</a></p>' if report.get("tuned_plan") else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>segensemble analysis</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:2px 10px;text-align:right}}td:first-child{{text-align:left}}</style>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
+td,th{{padding:2px 10px;text-align:right}}td:first-child{{text-align:left}}</style>
 </head><body><h1>Ensemble analysis</h1>
 <p>{report['images']} validation images; full ensemble mIoU <b>{_fmt(report['full']['miou'])}</b>
 ({report['full']['forward_passes']} forward passes, {_fmt(report['full']['ms_per_image'])} ms per image);

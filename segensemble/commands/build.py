@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from segensemble.commands.common import default_build_dir
 
 

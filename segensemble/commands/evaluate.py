@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from segensemble.commands.common import add_runtime_flags, open_engine
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from segensemble.errors import SegEnsembleError
-
 from segensemble.commands.common import IMAGENET, floats3
+from segensemble.errors import SegEnsembleError
 
 
 def add(sub) -> None:

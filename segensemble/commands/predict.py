@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from segensemble.commands.common import add_dist_flags, add_runtime_flags, dist_stream, image_refs, open_engine
 
 

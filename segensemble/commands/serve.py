@@ -24,8 +24,8 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from segensemble.serve.settings import ServeSettings
     from segensemble.serve.run import serve
+    from segensemble.serve.settings import ServeSettings
 
     fields = {"max_batch": args.max_batch, "batch_window_ms": args.batch_window_ms, "max_queue": args.max_queue,
               "max_body_mb": args.max_body_mb, "max_pixels": args.max_pixels, "timeout_s": args.timeout_s}

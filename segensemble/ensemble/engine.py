@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from segensemble.errors import ImageError, SegEnsembleError
-from segensemble.images import ImageRef, read_image
-from segensemble.manifest import Manifest, MemberEntry, read_manifest
 from segensemble.ensemble.sessions import ModelSession, RuntimeOptions, open_session
 from segensemble.ensemble.views import TTA, prepare_input, scaled_size
 from segensemble.ensemble.vote import Vote, softmax
+from segensemble.errors import ImageError, SegEnsembleError
+from segensemble.images import ImageRef, read_image
+from segensemble.manifest import Manifest, MemberEntry, read_manifest
 
 
 @dataclass

@@ -19,7 +19,8 @@ from segensemble.errors import SegEnsembleError
 log = logging.getLogger(__name__)
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+            "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
 
 @dataclass(frozen=True)

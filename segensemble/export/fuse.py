@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from segensemble.ensemble.views import padded_size, scaled_size
 from segensemble.errors import SegEnsembleError
 from segensemble.manifest import Manifest, MemberEntry
-from segensemble.ensemble.views import padded_size, scaled_size
 
 FUSED_OPSET = 18
 

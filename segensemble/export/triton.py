@@ -73,17 +73,22 @@ def validate_config(text: str, where: str) -> str:
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2
     except ImportError:
-        for field in ("name:", "backend:", "max_batch_size:", "input [", "output [", "dynamic_batching {"):
-            if field not in text:
-                raise SegEnsembleError(f"{where}: config.pbtxt lacks {field}") from None
-        if text.count("{") != text.count("}") or text.count("[") != text.count("]"):
-            raise SegEnsembleError(f"{where}: unbalanced braces in config.pbtxt")
-        return "structural"
+        return _structural_check(text, where)
     try:
         text_format.Parse(text, model_config_pb2.ModelConfig())
     except text_format.ParseError as exc:
         raise SegEnsembleError(f"{where}: not a valid Triton model config ({exc})") from exc
     return "tritonclient ModelConfig"
+
+
+def _structural_check(text: str, where: str) -> str:
+    """Without tritonclient: the fields this writer emits are there and brackets balance."""
+    for field in ("name:", "backend:", "max_batch_size:", "input [", "output [", "dynamic_batching {"):
+        if field not in text:
+            raise SegEnsembleError(f"{where}: config.pbtxt lacks {field}")
+    if text.count("{") != text.count("}") or text.count("[") != text.count("]"):
+        raise SegEnsembleError(f"{where}: unbalanced braces in config.pbtxt")
+    return "structural"
 
 
 def _safe(name: str) -> str:

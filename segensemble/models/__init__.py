@@ -3,7 +3,7 @@
 Imports torch and segmentation-models-pytorch; the runtime never imports this package.
 """
 
+from segensemble.models.checkpoints import LoadedModel, file_sha256, load_checkpoint
 from segensemble.models.registry import ModelSpec, create_model, list_architectures
-from segensemble.models.checkpoints import LoadedModel, load_checkpoint, file_sha256
 
 __all__ = ["ModelSpec", "create_model", "list_architectures", "LoadedModel", "load_checkpoint", "file_sha256"]

@@ -52,7 +52,7 @@ def average_checkpoints(paths: list[Path], spec: PartialSpec | None = None, *, t
         else:  # num_batches_tracked: counts, not weights
             averaged[key] = max((s[key] for s in states), key=lambda t: int(t.max()) if t.numel() else 0).clone()
     first.model.load_state_dict(averaged)
-    digest = hashlib.sha256("swa:".encode() + "".join(m.sha256 for m in loaded).encode()).hexdigest()
+    digest = hashlib.sha256(b"swa:" + "".join(m.sha256 for m in loaded).encode()).hexdigest()
     return LoadedModel(first.model.eval(), first.spec, first.source, digest, "swa")
 
 

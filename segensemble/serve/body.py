@@ -11,7 +11,8 @@ async def read_image_bytes(request: Request, limit: int) -> tuple[bytes, str]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     multipart = ctype == "multipart/form-data"
     if not (multipart or ctype.startswith("image/")):
-        raise HTTPException(415, f"content type {ctype or '(none)'!r} is not supported; send image/* bytes or multipart/form-data with a `file` field")
+        raise HTTPException(415, f"content type {ctype or '(none)'!r} is not supported; "
+                                 "send image/* bytes or multipart/form-data with a `file` field")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"body of {int(declared)} bytes exceeds the limit of {limit}")

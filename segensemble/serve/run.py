@@ -11,4 +11,6 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) ->
     import uvicorn
 
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
-                timeout_graceful_shutdown=int(settings.timeout_s) + 5, limit_concurrency=settings.max_queue + settings.max_batch + 64)  # connections, a bound past the queue
+                timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+                # a bound on open connections, past the request queue
+                limit_concurrency=settings.max_queue + settings.max_batch + 64)
