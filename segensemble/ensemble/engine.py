@@ -10,7 +10,8 @@ images too, and images are decoded ahead of the model in a bounded prefetch.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import copy
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,9 +87,9 @@ class Engine:
         if name is None:
             return self
         manifest = self.manifest.profile(name)
-        view = object.__new__(Engine)
-        view.manifest, view.build_dir, view.max_batch = manifest, self.build_dir, self.max_batch
         by_name = {m.entry.name: m for m in self.members}
+        view = copy.copy(self)
+        view.manifest = manifest
         view.members = [MemberRuntime(e, by_name[e.name].sessions, by_name[e.name].mean, by_name[e.name].std) for e in manifest.members]
         return view
 
@@ -196,9 +197,9 @@ class Engine:
 
 def _window(pool: ThreadPoolExecutor, read, refs: Iterable[ImageRef], size: int) -> Iterator[tuple[ImageRef, Future]]:
     """Submit reads ``size`` ahead and hand them back in order."""
-    pending: list[tuple[ImageRef, Future]] = []
+    pending: deque[tuple[ImageRef, Future]] = deque()
     for ref in refs:
         pending.append((ref, pool.submit(read, ref)))
         if len(pending) > size:
-            yield pending.pop(0)
+            yield pending.popleft()
     yield from pending

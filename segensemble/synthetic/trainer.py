@@ -39,7 +39,7 @@ def train_tiny(spec: ModelSpec, images: np.ndarray, masks: np.ndarray, steps: in
         x, y = x_all[idx], y_all[idx]
         if rng.random() < 0.5:
             x, y = x.flip(-1), y.flip(-1)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss = torch.nn.functional.cross_entropy(model(x), y, ignore_index=255)  # 255 = void in real label maps
         opt.zero_grad()
         loss.backward()
         opt.step()
