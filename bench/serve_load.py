@@ -1,5 +1,6 @@
 """Load test of `ensemble serve` on loopback: throughput and p50/p95/p99 latency at concurrency 1, 4, 16,
-with batching (--max-batch 8) and without (--max-batch 1). Bounded: --requests per level, --seconds cap.
+with batching (--max-batch 8), without (--max-batch 1), and with two engine
+workers of one ONNX Runtime thread each (--workers 2 --threads 1). Bounded: --requests per level, --seconds cap.
 
 Builds its own small ensemble (random weights, no downloads) unless --build is given.
 Usage: python bench/serve_load.py [--requests 48] [--size 256] [--build DIR]
@@ -46,12 +47,12 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def start(build: Path, max_batch: int):
+def start(build: Path, flags: list[str]):
     import httpx
 
     port = _port()
     proc = subprocess.Popen([sys.executable, "-m", "segensemble.cli", "serve", "--build", str(build), "--port", str(port),
-                             "--max-batch", str(max_batch), "--max-queue", "256"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--max-queue", "256", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -108,15 +109,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         build = args.build or make_build(Path(tmp), args.size)
         print(f"{args.requests} requests per level, {args.size}x{args.size} PNG, loopback, 127.0.0.1")
-        print(f"{'batching':<12}{'conc':>5}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'lost':>6}")
-        for label, max_batch in (("on (8)", 8), ("off (1)", 1)):
-            proc, url = start(build, max_batch)
+        print(f"{'batching':<26}{'conc':>5}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'lost':>6}")
+        configs = (("on (8)", ["--max-batch", "8"]), ("off (1)", ["--max-batch", "1"]),
+                   ("on, 2 workers x 1 thread", ["--max-batch", "8", "--workers", "2", "--threads", "1"]))
+        for label, flags in configs:
+            proc, url = start(build, flags)
             try:
                 base = None
                 for conc in (1, 4, 16):
                     r = load(url, payloads, conc, args.requests, args.seconds)
                     base = base or r["rps"]
-                    print(f"{label:<12}{conc:>5}{r['rps']:>8.2f}{r['p50']:>9.0f}{r['p95']:>9.0f}{r['p99']:>9.0f}{r['lost']:>6}"
+                    print(f"{label:<26}{conc:>5}{r['rps']:>8.2f}{r['p50']:>9.0f}{r['p95']:>9.0f}{r['p99']:>9.0f}{r['lost']:>6}"
                           f"   ({r['rps'] / base:.2f}x conc 1)")
             finally:
                 proc.terminate()

@@ -219,3 +219,16 @@ def test_sigterm_finishes_in_flight_requests(built):
         assert proc.wait(30) in (0, -signal.SIGTERM)
         log = proc.stdout.read()
         assert "Application shutdown complete" in log and "Traceback" not in log
+
+
+def test_two_workers_answer_the_same(built, data, offline_masks):
+    paths = sorted(data["test"].images.iterdir())
+    with running_server(built["dir"], "--workers", "2", "--threads", "1", "--max-batch", "2") as (url, _):
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda p: httpx.post(f"{url}/segment", content=p.read_bytes(),
+                                                          headers={"Content-Type": "image/png"}, timeout=60), paths))
+        batches = httpx.get(f"{url}/metrics").text
+    for path, resp in zip(paths, results):
+        assert resp.status_code == 200
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(resp.content))), read_png(offline_masks / path.name))
+    assert "segensemble_batch_size_count" in batches

@@ -14,6 +14,8 @@ def add(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order (tensorrt, cuda, cpu)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: one per physical core)")
+    p.add_argument("--workers", type=int, default=None, help="engine calls running at once (default 1: lowest latency; "
+                   "2 with --threads 1 trades latency for throughput on a small CPU)")
     p.add_argument("--max-batch", type=int, default=None, help="most images grouped into one engine call (default 8)")
     p.add_argument("--batch-window-ms", type=float, default=None, help="how long a request waits for others to batch with (default 5)")
     p.add_argument("--max-queue", type=int, default=None, help="requests waiting beyond this get 503 + Retry-After (default 64)")
@@ -27,7 +29,7 @@ def run(args) -> int:
     from segensemble.serve.run import serve
     from segensemble.serve.settings import ServeSettings
 
-    fields = {"max_batch": args.max_batch, "batch_window_ms": args.batch_window_ms, "max_queue": args.max_queue,
+    fields = {"workers": args.workers, "max_batch": args.max_batch, "batch_window_ms": args.batch_window_ms, "max_queue": args.max_queue,
               "max_body_mb": args.max_body_mb, "max_pixels": args.max_pixels, "timeout_s": args.timeout_s}
     settings = ServeSettings(build_dir=args.build, providers=tuple(args.providers) if args.providers else None,
                              threads=args.threads, **{k: v for k, v in fields.items() if v is not None})

@@ -33,7 +33,7 @@ def create_app(settings: ServeSettings):
         # one batcher per profile: requests are only grouped with requests for the same views
         state.batchers = {
             name: Batcher(state.engine.with_profile(name), settings.max_batch, settings.batch_window_ms / 1000,
-                          settings.max_queue, on_batch=state.metrics.batch_size.observe)
+                          settings.max_queue, on_batch=state.metrics.batch_size.observe, workers=settings.workers)
             for name in [None, *state.engine.manifest.profiles]
         }
         for batcher in state.batchers.values():

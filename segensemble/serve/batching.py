@@ -31,11 +31,13 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, engine, max_batch: int, window_s: float, max_queue: int, on_batch=None):
+    def __init__(self, engine, max_batch: int, window_s: float, max_queue: int, on_batch=None, workers: int = 1):
         self.engine, self.max_batch, self.window_s, self.max_queue = engine, max_batch, window_s, max_queue
         self.on_batch = on_batch or (lambda size: None)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")  # one engine call at a time
+        # `workers` engine calls may run at once (sessions are thread-safe); 1 keeps latency lowest
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
+        self._slots = asyncio.Semaphore(workers)
         self._task: asyncio.Task | None = None
         self.in_flight = 0
 
@@ -65,35 +67,46 @@ class Batcher:
             raise DeadlineExceeded() from None
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            end = time.monotonic() + self.window_s
-            while len(batch) < self.max_batch:
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except asyncio.TimeoutError:
-                    break
-            now = time.monotonic()
-            live = []
-            for item in batch:
-                if item.deadline <= now:
-                    _settle(item, error=DeadlineExceeded())
-                else:
-                    live.append(item)
+            await self._slots.acquire()  # a free worker first, so requests keep gathering meanwhile
+            batch = await self._collect()
+            live = self._drop_expired(batch)
             if not live:
+                self._slots.release()
                 continue
-            self.in_flight = len(live)
+            self.in_flight += len(live)
             self.on_batch(len(live))
+            asyncio.get_running_loop().create_task(self._run(live))
+
+    async def _collect(self) -> list[_Item]:
+        batch = [await self._queue.get()]
+        end = time.monotonic() + self.window_s
+        while len(batch) < self.max_batch:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
             try:
-                results = await loop.run_in_executor(self._executor, self._predict, [i.image for i in live])
-                for item, result in zip(live, results):
-                    _settle(item, result=result)
-            finally:
-                self.in_flight = 0
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    @staticmethod
+    def _drop_expired(batch: list[_Item]) -> list[_Item]:
+        now = time.monotonic()
+        for item in batch:
+            if item.deadline <= now:
+                _settle(item, error=DeadlineExceeded())
+        return [item for item in batch if item.deadline > now]
+
+    async def _run(self, live: list[_Item]) -> None:
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, [i.image for i in live])
+            for item, result in zip(live, results):
+                _settle(item, result=result)
+        finally:
+            self.in_flight -= len(live)
+            self._slots.release()
 
     def _predict(self, images: list[np.ndarray]) -> list:
         try:

@@ -20,6 +20,7 @@ class ServeSettings(BaseModel):
     max_batch: int = Field(8, ge=1, description="most images grouped into one engine call")
     batch_window_ms: float = Field(5.0, ge=0, description="how long the first request of a batch waits for company")
     max_queue: int = Field(64, ge=1, description="requests waiting for the engine beyond this get 503")
+    workers: int = Field(1, ge=1, description="engine calls running at once (throughput mode: 2 workers x --threads 1)")
     max_body_mb: float = Field(20.0, gt=0)
     max_pixels: int = Field(40_000_000, ge=1)
     timeout_s: float = Field(30.0, gt=0, description="a request not answered by then gets 504")
@@ -35,7 +36,7 @@ class ServeSettings(BaseModel):
         if not build:
             raise SegEnsembleError("set SEGENSEMBLE_BUILD to a build directory (or use `ensemble serve --build DIR`)")
         values: dict = {"build_dir": Path(build)}
-        for field in ("threads", "max_batch", "batch_window_ms", "max_queue", "max_body_mb", "max_pixels", "timeout_s"):
+        for field in ("threads", "workers", "max_batch", "batch_window_ms", "max_queue", "max_body_mb", "max_pixels", "timeout_s"):
             raw = os.environ.get(f"SEGENSEMBLE_{field.upper()}")
             if raw:
                 values[field] = raw
