@@ -85,16 +85,16 @@ def run_eager(work: Path, size: int, threads: int) -> dict:
     return {"images_per_s": len(refs) / seconds, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
 
 
-def run_engine(work: Path, threads: int, batch_images: int) -> dict:
+def run_engine(work: Path, threads: int, batch_images: int, workers: int) -> dict:
     from segensemble.ensemble.engine import Engine
     from segensemble.ensemble.sessions import RuntimeOptions
     from segensemble.images import list_images
 
-    engine = Engine.from_build(work / "build", RuntimeOptions(threads=threads))
+    engine = Engine.from_build(work / "build", RuntimeOptions(threads=max(1, threads // workers)))
     refs = list_images(work / "images")
     out = {}
     start = time.perf_counter()
-    for ref, pred in engine.stream(refs, batch_images=batch_images):
+    for ref, pred in engine.stream(refs, batch_images=batch_images, workers=workers):
         out[ref.image_id] = pred.probs
     seconds = time.perf_counter() - start
     np.savez_compressed(work / "engine.npz", **{k.replace(".png", ""): v.astype(np.float16) for k, v in out.items()})
@@ -112,11 +112,15 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-images", type=int, default=1, help="engine images per batch (default 1)")
+    ap.add_argument("--workers", type=int, default=1, help="engine batches in flight; each gets threads/workers ORT threads (default 1)")
     ap.add_argument("--mode", choices=["all", "eager", "engine"], default="all", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mode != "all":
-        result = run_eager(args.work, args.size, args.threads) if args.mode == "eager" else run_engine(args.work, args.threads, args.batch_images)
+        if args.mode == "eager":
+            result = run_eager(args.work, args.size, args.threads)
+        else:
+            result = run_engine(args.work, args.threads, args.batch_images, args.workers)
         print(json.dumps(result))
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,7 +129,7 @@ def main() -> None:
         results = {}
         for mode in ("eager", "engine"):
             done = subprocess.run([sys.executable, __file__, "--mode", mode, "--work", str(work), "--size", str(args.size),
-                                   "--threads", str(args.threads), "--batch-images", str(args.batch_images)],
+                                   "--threads", str(args.threads), "--batch-images", str(args.batch_images), "--workers", str(args.workers)],
                                   capture_output=True, text=True, check=True)
             results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
         eager, engine = np.load(work / "eager.npz"), np.load(work / "engine.npz")
@@ -133,7 +137,8 @@ def main() -> None:
         agree = [float((eager[k].argmax(0) == engine[k].argmax(0)).mean()) for k in eager.files]
     views = len(MEMBERS) * len(SCALES) * len(TTA)
     print(f"ensemble: {len(MEMBERS)} members x {len(SCALES)} scales x {len(TTA)} TTA = {views} forward passes per image, "
-          f"{args.images} images of {args.size}x{args.size}, {args.threads} threads, engine batch {args.batch_images} images")
+          f"{args.images} images of {args.size}x{args.size}, {args.threads} threads,\n"
+          f"engine batch {args.batch_images} images, {args.workers} engine worker(s)")
     for mode in ("eager", "engine"):
         r = results[mode]
         print(f"{mode:>7}: {r['images_per_s']:.3f} images/s ({r['seconds']:.1f}s), peak RSS {r['peak_rss_mb']:.0f} MB")

@@ -134,3 +134,20 @@ def test_engine_ray_without_ray_says_how_to_install(built, data, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 2 and "pip install 'segensemble[dist]'" in done.stderr, done.stderr
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_two_workers_keep_order_and_results(engine, data, tmp_path):
+    import copy
+
+    folder = _copy_images(data, tmp_path)
+    (folder / "test_0003.png").write_bytes(b"broken")
+    refs = list_images(folder)
+    parallel = copy.copy(engine)
+    parallel.workers = 2
+    outs = []
+    for name, eng in (("one", engine), ("two", parallel)):
+        out = tmp_path / f"{name}.csv"
+        summary = predict_to_files(eng, refs, PredictOptions(csv=out, skip_bad=True, progress=False))
+        assert [s[0] for s in summary.skipped] == ["test_0003.png"]
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]

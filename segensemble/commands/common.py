@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,10 @@ def add_runtime_flags(p) -> None:
     src.add_argument("--build", type=Path, help="a build directory written by `ensemble build`")
     src.add_argument("--plan", type=Path, help="plan.yaml: build it first (into build/ beside it, reusing exports)")
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order (tensorrt, cuda, cpu; default: best available)")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default 0 = one per physical core)")
+    p.add_argument("--workers", type=int, default=2, help="image batches in flight at once (default 2: on a CPU two engine calls "
+                   "with half the threads each beat one with all of them; see docs/benchmarks.md)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per worker (default 0: the CPU count "
+                   "divided among the workers)")
     p.add_argument("--profile", help="run a named lighter profile of the plan (profiles: in plan.yaml) instead of the whole ensemble")
     p.add_argument("--batch-images", type=int, default=1, help="images per engine batch (default 1: fastest and leanest on CPU; raise it on a GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -43,7 +47,9 @@ def open_engine(args):
 
         build_dir = default_build_dir(args.plan)
         build(load_plan(args.plan), build_dir, quiet=args.quiet)
-    engine = Engine.from_build(build_dir, RuntimeOptions(tuple(args.providers) if args.providers else None, args.threads))
+    workers = max(1, args.workers)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
+    engine = Engine.from_build(build_dir, RuntimeOptions(tuple(args.providers) if args.providers else None, threads), workers=workers)
     engine = engine.with_profile(args.profile)
     if engine.fell_back:
         print("warning: a GPU provider was requested but ONNX Runtime fell back to CPU", file=sys.stderr)

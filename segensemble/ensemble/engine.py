@@ -68,10 +68,12 @@ class _Job:
 class Engine:
     """Holds one ONNX Runtime session per model file; sessions are thread-safe and built once."""
 
-    def __init__(self, manifest: Manifest, build_dir: Path, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8):
+    def __init__(self, manifest: Manifest, build_dir: Path, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8,
+                 workers: int = 1):
         self.manifest = manifest
         self.build_dir = Path(build_dir)
         self.max_batch = max(1, max_batch)
+        self.workers = max(1, workers)  # batches in flight in stream()
         self.members = [
             MemberRuntime(
                 m,
@@ -94,8 +96,9 @@ class Engine:
         return view
 
     @classmethod
-    def from_build(cls, build_dir: str | Path, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8) -> Engine:
-        return cls(read_manifest(build_dir), Path(build_dir), options, max_batch)
+    def from_build(cls, build_dir: str | Path, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8,
+                   workers: int = 1) -> Engine:
+        return cls(read_manifest(build_dir), Path(build_dir), options, max_batch, workers)
 
     @property
     def classes(self) -> list[str]:
@@ -167,32 +170,58 @@ class Engine:
         prefetch: int = 8,
         per_member: bool = False,
         reader: Callable[[ImageRef], np.ndarray] | None = None,
+        workers: int | None = None,
     ) -> Iterator[tuple[ImageRef, Prediction | ImageError]]:
         """Predict a stream of images in input order; a bad image yields its ImageError instead.
 
-        Decoding runs ``prefetch`` images ahead in threads; at most ``prefetch + batch_images`` decoded
-        images are held, so memory is bounded however many images run.
+        Decoding runs ``prefetch`` images ahead in threads, and ``workers`` batches (default: the engine's)
+        run at once (sessions are thread-safe; pair workers > 1 with fewer ONNX Runtime threads). At most ``prefetch`` decoded
+        images plus ``workers`` batches are held, so memory is bounded however many images run.
         """
         read = reader or (lambda ref: read_image(ref.path))
-        batch: list[tuple[ImageRef, np.ndarray]] = []
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode") as pool:
-            for ref, future in _window(pool, read, refs, prefetch):
-                try:
-                    batch.append((ref, future.result()))
-                except ImageError as exc:
-                    yield from self._flush(batch, per_member)
-                    batch = []
-                    yield ref, exc
-                    continue
-                if len(batch) >= batch_images:
-                    yield from self._flush(batch, per_member)
-                    batch = []
-            yield from self._flush(batch, per_member)
+        workers = workers or self.workers
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode") as decoders, \
+                ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="engine") as runners:
+            running: deque = deque()  # (refs of a batch, future of its predictions) or (ref, ImageError), in input order
+            for item in self._batches(_window(decoders, read, refs, prefetch), batch_images):
+                if isinstance(item[1], ImageError):
+                    running.append(item)
+                else:
+                    running.append((item[0], runners.submit(self.predict, item[1], per_member)))
+                while len(running) > max(1, workers) or (running and isinstance(running[0][1], ImageError)):
+                    yield from _settled(running.popleft())
+            while running:
+                yield from _settled(running.popleft())
 
-    def _flush(self, batch: list[tuple[ImageRef, np.ndarray]], per_member: bool) -> Iterator[tuple[ImageRef, Prediction]]:
-        if batch:
-            predictions = self.predict([img for _, img in batch], per_member=per_member)
-            yield from zip((ref for ref, _ in batch), predictions)
+    @staticmethod
+    def _batches(decoded, batch_images: int):
+        """Group decoded images into batches; a bad image ends the batch and passes through on its own."""
+        refs: list[ImageRef] = []
+        images: list[np.ndarray] = []
+        for ref, future in decoded:
+            try:
+                image = future.result()
+            except ImageError as exc:
+                if refs:
+                    yield refs, images
+                    refs, images = [], []
+                yield ref, exc
+                continue
+            refs.append(ref)
+            images.append(image)
+            if len(refs) >= batch_images:
+                yield refs, images
+                refs, images = [], []
+        if refs:
+            yield refs, images
+
+
+def _settled(item) -> Iterator[tuple[ImageRef, Prediction | ImageError]]:
+    refs, result = item
+    if isinstance(result, ImageError):
+        yield refs, result
+    else:
+        yield from zip(refs, result.result())
 
 
 def _window(pool: ThreadPoolExecutor, read, refs: Iterable[ImageRef], size: int) -> Iterator[tuple[ImageRef, Future]]:
