@@ -89,3 +89,18 @@ def test_cli_analyze(built, data, tmp_path):
                            "--samples", "1", "--quiet"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "full ensemble mIoU" in done.stdout and "no multi-scale" in done.stdout and (tmp_path / "r" / "index.html").is_file()
+
+
+def test_sample_and_disk_check(engine, data, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from segensemble.errors import SegEnsembleError
+
+    small = analyze(engine, data["test"].coco, data["test"].images,
+                    AnalyzeOptions(out=tmp_path / "a", samples=1, max_images=3, progress=False))
+    assert small["images"] == 3
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(SegEnsembleError, match="GiB but only .* free.*--max-images"):
+        analyze(engine, data["test"].coco, data["test"].images, AnalyzeOptions(out=tmp_path / "b", progress=False))

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from segensemble.ensemble.engine import Engine, ViewKey
 from segensemble.ensemble.views import resize_hwc
+from segensemble.errors import SegEnsembleError
 from segensemble.images import ImageRef, read_image
 
 
@@ -52,6 +53,17 @@ class ViewCache:
         return total
 
 
+def _check_disk(root: Path, needed: int) -> None:
+    """Refuse up front, naming the size, rather than fail half way through a long run."""
+    import shutil
+
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if needed > 0.9 * free:
+        raise SegEnsembleError(f"{root}: the view cache needs {needed / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free; "
+                               "use --max-images N to analyze a sample, or point -o at a larger disk")
+
+
 def list_views(engine: Engine) -> list[View]:
     return [View(mi, k, s, t) for mi, m in enumerate(engine.members) for k in range(len(m.sessions))
             for s in m.entry.scales for t in m.entry.tta]
@@ -67,6 +79,7 @@ def build_cache(engine: Engine, refs: list[ImageRef], root: Path, dtype: str = "
     for ref in refs:  # sizes from the headers, without decoding twice
         with Image.open(ref.path) as img:
             sizes.append((img.height, img.width))
+    _check_disk(root, sum(h * w for h, w in sizes) * len(engine.classes) * len(views) * np.dtype(dtype).itemsize)
     images = (read_image(r.path) for r in refs)
     cache = ViewCache(root, views, sizes, len(engine.classes), dtype)
     for i, image in enumerate(tqdm(images, total=len(refs), desc="analyze: views", unit="img", disable=not progress)):

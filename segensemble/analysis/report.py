@@ -31,6 +31,7 @@ class AnalyzeOptions:
     seed: int = 0
     samples: int = 4  # images drawn as error grids
     cache_dtype: str = "float16"
+    max_images: int | None = None  # a seeded sample of the set, when the whole of it is too big to cache
     unlabeled: str | None = None
     progress: bool = True
 
@@ -43,6 +44,9 @@ def analyze(engine: Engine, coco_path: Path, image_root: Path, options: AnalyzeO
     cats = category_map(coco, names, str(coco_path))
     unlabeled = unlabeled_value(options.unlabeled, names)
     refs = [ImageRef(i["file_name"], Path(image_root) / i["file_name"], i["id"]) for i in coco.dataset["images"]]
+    if options.max_images and options.max_images < len(refs):
+        keep = np.random.default_rng(options.seed).choice(len(refs), size=options.max_images, replace=False)
+        refs = [refs[i] for i in sorted(keep.tolist())]
     started = time.perf_counter()
     cache = build_cache(engine, refs, out / "cache", options.cache_dtype, options.progress)
     gt_store = ViewCache(out / "cache" / "gt", [cache.views[0]], cache.sizes, 1, "uint8")

@@ -19,6 +19,8 @@ def add(sub) -> None:
     p.add_argument("--holdout", type=float, default=0.0, help="share of images kept out of selection to report an honest figure (e.g. 0.3)")
     p.add_argument("--samples", type=int, default=4, help="validation images drawn as error grids (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed for the held-out split and the samples (default 0)")
+    p.add_argument("--max-images", type=int, help="analyze a seeded sample of this many images (the cache holds every view "
+                   "of every image: C x H x W x views values each)")
     p.add_argument("--cache-dtype", choices=["float16", "float32"], default="float16", help="per-view cache precision (default float16)")
     p.add_argument("--unlabeled", choices=["background", "ignore"], help="unannotated pixels (default: from the plan's first class)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -42,7 +44,8 @@ def run(args) -> int:
         build_dir = default_build_dir(args.plan)
         build(plan, build_dir, quiet=args.quiet)
     engine = Engine.from_build(build_dir)
-    options = AnalyzeOptions(args.output, args.holdout, args.seed, args.samples, args.cache_dtype, args.unlabeled, not args.quiet)
+    options = AnalyzeOptions(args.output, args.holdout, args.seed, args.samples, args.cache_dtype, args.max_images,
+                             args.unlabeled, not args.quiet)
     report = analyze(engine, args.coco, args.images, options, plan)
     print(f"full ensemble mIoU {report['full']['miou']:.4f} ({report['full']['forward_passes']} passes, "
           f"{report['full']['ms_per_image']:.0f} ms/img)")
