@@ -55,3 +55,15 @@ def test_ray_resume_continues_the_same_partial_file(local_ray, engine, built, da
     out.rename(out.with_name("ray.csv.partial"))
     summary = predict_to_files(engine, refs, PredictOptions(csv=out, resume=True, progress=False), stream=stream)
     assert summary.resumed == 3 and out.read_bytes() == local.read_bytes()
+
+
+def test_cli_engine_ray_end_to_end(local_ray, built, data, engine, tmp_path):
+    """The CLI path: the driver loads no model (the actors do) and writes the same CSV as local."""
+    from segensemble.cli import main
+
+    local = tmp_path / "local.csv"
+    predict_to_files(engine, list_images(data["test"].images), PredictOptions(csv=local, progress=False))
+    out = tmp_path / "ray.csv"
+    code = main(["predict", str(data["test"].images), "--build", str(built["dir"]), "-o", str(out), "--engine", "ray",
+                 "--actors", "1", "--threads", "1", "--quiet"])
+    assert code == 0 and out.read_bytes() == local.read_bytes()

@@ -49,7 +49,9 @@ def open_engine(args):
         build(load_plan(args.plan), build_dir, quiet=args.quiet)
     workers = max(1, args.workers)
     threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
-    engine = Engine.from_build(build_dir, RuntimeOptions(tuple(args.providers) if args.providers else None, threads), workers=workers)
+    local = getattr(args, "engine", "local") == "local"  # with --engine ray the models load in the actors only
+    engine = Engine.from_build(build_dir, RuntimeOptions(tuple(args.providers) if args.providers else None, threads),
+                               workers=workers, sessions=local)
     engine = engine.with_profile(args.profile)
     if engine.fell_back:
         print("warning: a GPU provider was requested but ONNX Runtime fell back to CPU", file=sys.stderr)

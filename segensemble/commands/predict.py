@@ -36,7 +36,7 @@ def run(args) -> int:
     stream = dist_stream(args, engine) if args.engine == "ray" else None
     s = predict_to_files(engine, refs, options, stream=stream)
     print(f"predicted {s.predicted} of {s.total} images in {s.seconds:.1f}s ({s.images_per_second:.2f} img/s, "
-          f"{engine.forward_passes} forward passes per image on {', '.join(engine.active_providers)})"
+          f"{engine.forward_passes} forward passes per image on {', '.join(engine.active_providers) or 'Ray actors'})"
           + (f"; {s.resumed} already done" if s.resumed else ""))
     for image_id, reason in s.skipped:
         print(f"skipped {image_id}: {reason}")

@@ -69,15 +69,16 @@ class Engine:
     """Holds one ONNX Runtime session per model file; sessions are thread-safe and built once."""
 
     def __init__(self, manifest: Manifest, build_dir: Path, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8,
-                 workers: int = 1):
+                 workers: int = 1, sessions: bool = True):
         self.manifest = manifest
         self.build_dir = Path(build_dir)
         self.max_batch = max(1, max_batch)
         self.workers = max(1, workers)  # batches in flight in stream()
+        # sessions=False: the manifest only, for a driver whose models run elsewhere (Ray actors)
         self.members = [
             MemberRuntime(
                 m,
-                [open_session(self.build_dir / e.file, options) for e in m.models],
+                [open_session(self.build_dir / e.file, options) for e in m.models] if sessions else [],
                 np.asarray(m.mean, dtype=np.float32),
                 np.asarray(m.std, dtype=np.float32),
             )
@@ -97,8 +98,8 @@ class Engine:
 
     @classmethod
     def from_build(cls, build_dir: str | Path, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8,
-                   workers: int = 1) -> Engine:
-        return cls(read_manifest(build_dir), Path(build_dir), options, max_batch, workers)
+                   workers: int = 1, sessions: bool = True) -> Engine:
+        return cls(read_manifest(build_dir), Path(build_dir), options, max_batch, workers, sessions)
 
     @property
     def classes(self) -> list[str]:
