@@ -26,10 +26,16 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_server(build_dir, *flags):
+def running_server(build_dir, *flags, env_app: bool = False):
+    """`ensemble serve --build DIR` (or, with env_app, `uvicorn segensemble.serve.app:app` + SEGENSEMBLE_BUILD)."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "segensemble.cli", "serve", "--build", str(build_dir), "--port", str(port), *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if env_app:
+        cmd = [sys.executable, "-m", "uvicorn", "segensemble.serve.app:app", "--host", "127.0.0.1", "--port", str(port)]
+        env = {**os.environ, "SEGENSEMBLE_BUILD": str(build_dir), "SEGENSEMBLE_MAX_BATCH": "2"}
+    else:
+        cmd = [sys.executable, "-m", "segensemble.cli", "serve", "--build", str(build_dir), "--port", str(port), *flags]
+        env = None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -232,3 +238,11 @@ def test_two_workers_answer_the_same(built, data, offline_masks):
         assert resp.status_code == 200
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(resp.content))), read_png(offline_masks / path.name))
     assert "segensemble_batch_size_count" in batches
+
+
+def test_uvicorn_app_from_the_environment(built, data, offline_masks):
+    path = data["test"].images / "test_0005.png"
+    with running_server(built["dir"], env_app=True) as (url, _):
+        resp = httpx.post(f"{url}/segment", content=path.read_bytes(), headers={"Content-Type": "image/png"})
+    assert resp.status_code == 200
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(resp.content))), read_png(offline_masks / path.name))
