@@ -74,3 +74,21 @@ def test_cli_build_prints_the_plan_table(built):
     assert done.returncode == 0, done.stderr
     assert "member" in done.stdout and "views" in done.stdout and "0 exported, 7 reused" in done.stdout
     assert "BatchNorm" not in done.stdout or "recomputed" in done.stdout
+
+
+def test_fixed_shape_member_refuses_views_it_cannot_take(tmp_path):
+    import torch
+
+    from segensemble.models.registry import ModelSpec, create_model
+
+    torch.manual_seed(0)
+    torch.save(create_model(ModelSpec("PSPNet", "resnet18", 3)).state_dict(), tmp_path / "psp.pth")
+    plan_file = tmp_path / "plan.yaml"
+    base = "classes: [a, b, c]\nmembers:\n  - name: psp\n    arch: PSPNet\n    encoder: resnet18\n    checkpoint: psp.pth\n" \
+           "    input_size: [64, 96]\n"
+    plan_file.write_text(base + "    scales: [1.0, 0.5]\n")
+    with pytest.raises(PlanError, match=r"members\[0\] \(psp\): psp-0.onnx is exported at a fixed 64x96.*scale 0.5 "):
+        build(load_plan(plan_file), tmp_path / "out", quiet=True)
+    plan_file.write_text(base + "    tta: [identity, hflip, vflip]\n")
+    result = build(load_plan(plan_file), tmp_path / "out", quiet=True)
+    assert result.manifest.members[0].models[0].fixed_hw == (64, 96) and result.reused == 1

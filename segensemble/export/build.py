@@ -57,6 +57,7 @@ def build(plan: Plan, out_dir: str | Path, *, providers: list[str] | None = None
                 notes.append(f"{member.name}: {note}")
             bar.update()
         members.append(_member_entry(member, entries))
+        _check_fixed_shapes(members[-1], f"members[{i}] ({member.name})")
     bar.close()
     manifest = Manifest(
         classes=list(plan.classes), members=members, providers=providers or _providers(),
@@ -175,6 +176,26 @@ def _member_entry(member: MemberSpec, models: list[ModelEntry]) -> MemberEntry:
         scales=list(member.scales), tta=list(member.tta), input_size=member.input_size or first.fixed_hw,
         mean=member.mean, std=member.std, stride=member.stride, models=models,
     )
+
+
+def _check_fixed_shapes(entry: MemberEntry, where: str) -> None:
+    """A graph exported at a fixed size must be able to take every view the member asks for."""
+    from segensemble.ensemble.views import TTA, padded_size, scaled_size
+
+    for model in entry.models:
+        if not model.fixed_hw:
+            continue
+        fixed = tuple(model.fixed_hw)
+        for s in entry.scales:
+            h, w = padded_size(scaled_size(entry.input_size or fixed, s), entry.stride)
+            for t in entry.tta:
+                shape = (w, h) if TTA[t].swaps_hw else (h, w)
+                if shape != fixed:
+                    raise PlanError(
+                        f"{where}: {model.file} is exported at a fixed {fixed[0]}x{fixed[1]} ({model.note or 'static shape'}); "
+                        f"scale {s:g} with tta {t} needs {shape[0]}x{shape[1]}. Use scales [1.0], input_size equal to the "
+                        "export size, and no H/W-swapping TTA on a non-square size for this member"
+                    )
 
 
 def _cost(members: list[MemberEntry]) -> dict:

@@ -8,9 +8,11 @@ against PyTorch at two input shapes; a disagreement beyond tolerance stops the e
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +107,7 @@ def _trace(model, shape: tuple[int, ...], dynamic_hw: bool) -> bytes:
 
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_fds():
         warnings.simplefilter("ignore")
         # the TorchScript exporter: dynamic H/W for smp graphs in ~1 s; torch.rot90 is never in a member graph
         torch.onnx.export(
@@ -113,6 +115,25 @@ def _trace(model, shape: tuple[int, ...], dynamic_hw: bool) -> bytes:
             dynamic_axes={"image": axes, "logits": axes}, opset_version=OPSET, dynamo=False,
         )
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def _quiet_fds():
+    """Silence C++-level prints: the TorchScript exporter dumps its whole IR graph to the terminal when it
+    fails (its ONNX logging is switched on by a truthiness bug), and a refused PSPNet would flood the screen."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def _trace_fixed(model, shape: tuple[int, ...]) -> bytes:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from segensemble.errors import ImageError
+from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.images import decode_image
 from segensemble.outputs.coco import class_rles
 from segensemble.outputs.masks import encode_png, encode_probs
@@ -16,6 +17,7 @@ from segensemble.serve.batching import DeadlineExceeded, QueueFull
 from segensemble.serve.body import read_image_bytes
 from segensemble.serve.schemas import ErrorBody, Ready, SegmentJson
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 Format = Annotated[Literal["png", "json", "probs"], Query(
@@ -83,16 +85,7 @@ async def segment(request: Request, format: Format = "png", profile: Profile = N
             image = await run_in_threadpool(decode_image, data, source, settings.max_pixels)
         except ImageError as exc:
             raise HTTPException(422, f"{source}: {exc.reason}") from None
-        state.metrics.queue_depth.set(batcher.depth + 1)
-        try:
-            prediction = await batcher.submit(image, settings.timeout_s)
-        except QueueFull:
-            raise HTTPException(503, f"queue full ({settings.max_queue} waiting); retry later",
-                                headers={"Retry-After": str(settings.retry_after_s)}) from None
-        except DeadlineExceeded:
-            raise HTTPException(504, f"not answered within {settings.timeout_s:g}s") from None
-        finally:
-            state.metrics.queue_depth.set(batcher.depth)
+        prediction = await _run(state, settings, batcher, image)
         response = await run_in_threadpool(_render, prediction, format, state.engine.classes)
         status = 200
         return response
@@ -102,6 +95,25 @@ async def segment(request: Request, format: Format = "png", profile: Profile = N
     finally:
         state.metrics.requests.labels(status=str(status)).inc()
         state.metrics.latency.observe(time.perf_counter() - started)
+
+
+async def _run(state, settings, batcher, image):
+    """The batched engine call, its failures turned into the conventional statuses."""
+    state.metrics.queue_depth.set(batcher.depth + 1)
+    try:
+        return await batcher.submit(image, settings.timeout_s)
+    except QueueFull:
+        raise HTTPException(503, f"queue full ({settings.max_queue} waiting); retry later",
+                            headers={"Retry-After": str(settings.retry_after_s)}) from None
+    except DeadlineExceeded:
+        raise HTTPException(504, f"not answered within {settings.timeout_s:g}s") from None
+    except SegEnsembleError as exc:  # e.g. a size a fixed-shape member cannot take
+        raise HTTPException(422, str(exc)) from None
+    except Exception:
+        log.exception("the ensemble failed on a request")
+        raise HTTPException(500, "the ensemble failed on this image; the server log has the details") from None
+    finally:
+        state.metrics.queue_depth.set(batcher.depth)
 
 
 def _render(prediction, fmt: str, classes: list[str]) -> Response:
