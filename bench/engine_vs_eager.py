@@ -61,7 +61,6 @@ def run_eager(work: Path, size: int, threads: int) -> dict:
         for ref in refs:
             img = torch.from_numpy(read_image(ref.path)).permute(2, 0, 1).float()[None] / 255.0
             h, w = img.shape[2:]
-            x0 = (img - torch.from_numpy(MEAN)[None, :, None, None]) / torch.from_numpy(STD)[None, :, None, None]
             total = torch.zeros(1, CLASSES, h, w)
             for model in models:
                 member = torch.zeros(1, CLASSES, h, w)
@@ -79,7 +78,6 @@ def run_eager(work: Path, size: int, threads: int) -> dict:
                         member += F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
                 total += member / (len(SCALES) * len(TTA))
             out[ref.image_id] = (total / len(models))[0].numpy()
-            del x0
     seconds = time.perf_counter() - start
     np.savez_compressed(work / "eager.npz", **{k.replace(".png", ""): v.astype(np.float16) for k, v in out.items()})
     return {"images_per_s": len(refs) / seconds, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
