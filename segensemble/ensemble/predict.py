@@ -75,12 +75,13 @@ def predict_to_files(engine: Engine, refs: list[ImageRef], options: PredictOptio
 
 
 def _remaining(refs: list[ImageRef], options: PredictOptions, writer: SubmissionWriter | None) -> list[ImageRef]:
+    """What a resumed run still has to do: after the CSV's last row, or (masks/probs only) what is not on disk."""
     if not options.resume:
         return refs
     if writer:
         writer.check_order([r.image_id for r in refs])
-        refs = refs[len(writer.done):]
-    return [r for r in refs if not _outputs_exist(r, options)] if writer is None else refs
+        return refs[len(writer.done):]
+    return [r for r in refs if not _outputs_exist(r, options)]
 
 
 def _outputs_exist(ref: ImageRef, options: PredictOptions) -> bool:
