@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    args = (parser or build_parser()).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return _run(args)
 
@@ -40,8 +40,11 @@ def _run(args) -> int:
 
 
 def pseudo_label_main(argv: list[str] | None = None) -> int:
-    """The ``pseudo-label`` console script: same as ``ensemble pseudo-label``."""
-    return main(["pseudo-label", *(sys.argv[1:] if argv is None else argv)])
+    """The ``pseudo-label`` console script: same as ``ensemble pseudo-label``, and its --help says so."""
+    parser = build_parser()
+    sub = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
+    sub.choices["pseudo-label"].prog = "pseudo-label"
+    return main(["pseudo-label", *(sys.argv[1:] if argv is None else argv)], parser)
 
 
 if __name__ == "__main__":

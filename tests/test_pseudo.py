@@ -171,3 +171,9 @@ def test_resume_continues_the_journal(engine, data, tmp_path):
     pseudo_label(engine, refs, PseudoOptions(output=out, rule=PseudoRule(0.6, 0.5), resume=True, progress=False), stream=counting)
     assert seen == [r.image_id for r in refs[3:]]
     assert out.read_text() == full.read_text()
+
+
+def test_pseudo_label_script_names_itself():
+    code = "import sys; from segensemble.cli import pseudo_label_main; sys.exit(pseudo_label_main(['--help']))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert out.startswith("usage: pseudo-label ") and "--min-prob" in out and "--max-uncertain" in out
