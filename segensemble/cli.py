@@ -12,18 +12,21 @@ from segensemble.errors import SegEnsembleError
 
 COMMANDS = (export, build, predict, evaluate, analyze, pseudo, serve, triton, demo)
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(script: str | None = None) -> argparse.ArgumentParser:
+    """The ``ensemble`` parser; ``script`` names a command run as its own console script (its --help says so)."""
     parser = argparse.ArgumentParser(prog="ensemble", description="Segmentation ensembles: plan, export, build, predict, "
                                      "evaluate, pseudo-label and serve, on ONNX Runtime.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
         module.add(sub)
+    if script:
+        sub.choices[script].prog = script
     return parser
 
 
-def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
-    args = (parser or build_parser()).parse_args(argv)
+def main(argv: list[str] | None = None, script: str | None = None) -> int:
+    args = build_parser(script).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return _run(args)
 
@@ -41,10 +44,7 @@ def _run(args) -> int:
 
 def pseudo_label_main(argv: list[str] | None = None) -> int:
     """The ``pseudo-label`` console script: same as ``ensemble pseudo-label``, and its --help says so."""
-    parser = build_parser()
-    sub = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
-    sub.choices["pseudo-label"].prog = "pseudo-label"
-    return main(["pseudo-label", *(sys.argv[1:] if argv is None else argv)], parser)
+    return main(["pseudo-label", *(sys.argv[1:] if argv is None else argv)], script="pseudo-label")
 
 
 if __name__ == "__main__":
