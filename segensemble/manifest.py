@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from segensemble.errors import SegEnsembleError
 
 MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 2  # 2: the ensemble graph (ensemble.onnx) is part of every build
 
 
 class ModelEntry(BaseModel):
@@ -53,16 +54,38 @@ class MemberEntry(BaseModel):
         return len(self.models) * len(self.scales) * len(self.tta)
 
 
+class GraphEntry(BaseModel):
+    """An ensemble graph of the build (the whole plan or one profile) and how it was verified."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str
+    sha256: str
+    cache_key: str
+    verified: dict  # {"max_abs_prob": .., "labels_agree": .., "sizes": [[h, w], ..], "batch": n}
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    format: int = 1
+    format: int = MANIFEST_FORMAT
     classes: list[str]
     members: list[MemberEntry]
     providers: list[str]
     cost: dict  # {"forward_passes": int, "gflops": float | None, "at_hw": [h, w]}
     plan: str | None = None
     profiles: dict[str, dict] = {}  # name -> {members, tta, scales}: lighter subsets, e.g. for serving
+    graphs: dict[str, GraphEntry] = {}  # "" -> ensemble.onnx; profile name -> that profile's graph
+
+    def graph_entry(self, profile: str | None) -> GraphEntry:
+        """The graph file that runs the whole ensemble (None) or a profile."""
+        key = profile or ""
+        if key not in self.graphs:
+            if profile and profile not in self.profiles:
+                raise SegEnsembleError(f"no profile {profile!r} in this build; profiles: {sorted(self.profiles) or 'none'}")
+            raise SegEnsembleError(f"this build has no ensemble graph for {profile or 'the whole plan'}; "
+                                   "rerun `ensemble build plan.yaml -o DIR` (unchanged exports are reused)")
+        return self.graphs[key]
 
     def profile(self, name: str | None) -> Manifest:
         """This manifest restricted to a named profile (None: the whole ensemble)."""
@@ -87,6 +110,14 @@ def read_manifest(build_dir: str | Path) -> Manifest:
     if not path.is_file():
         raise SegEnsembleError(f"{build_dir}: not a build directory (no {MANIFEST_NAME}); run `ensemble build plan.yaml -o {build_dir}`")
     try:
-        return Manifest.model_validate_json(path.read_text())
+        raw = json.loads(path.read_text())
+    except ValueError as exc:
+        raise SegEnsembleError(f"{path}: invalid manifest ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else None
+        raise SegEnsembleError(f"{path}: manifest format {found}, this segensemble reads format {MANIFEST_FORMAT}; "
+                               "rerun `ensemble build plan.yaml -o DIR` (unchanged exports are reused)")
+    try:
+        return Manifest.model_validate(raw)
     except ValueError as exc:
         raise SegEnsembleError(f"{path}: invalid manifest ({str(exc).splitlines()[0]})") from exc

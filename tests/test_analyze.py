@@ -12,6 +12,8 @@ from segensemble.analysis.report import AnalyzeOptions, analyze
 from segensemble.analysis.selection import greedy_selection, weight_search
 from segensemble.ensemble.engine import Engine
 from segensemble.ensemble.evaluate import EvaluateOptions, evaluate
+from segensemble.export.graph import build_graph
+from segensemble.manifest import GraphEntry
 from segensemble.plan import load_plan
 
 
@@ -22,7 +24,7 @@ def report(engine, built, data, tmp_path_factory):
     return analyze(engine, data["test"].coco, data["test"].images, options, load_plan(built["plan"])), out
 
 
-def test_cache_scores_equal_running_the_ensemble(report, engine, built, data):
+def test_cache_scores_equal_running_the_ensemble(report, engine, built, data, tmp_path):
     rep, _ = report
     direct = evaluate(engine, data["test"].coco, data["test"].images, EvaluateOptions(progress=False))
     assert rep["full"]["miou"] == pytest.approx(direct["ensemble"]["miou"], abs=1e-9)
@@ -32,6 +34,8 @@ def test_cache_scores_equal_running_the_ensemble(report, engine, built, data):
     # a variant scored from the cache equals an engine that really runs only those views
     no_tta = engine.manifest.model_copy(update={"members": [
         m.model_copy(update={"tta": ["identity" if "identity" in m.tta else m.tta[0]]}) for m in engine.manifest.members]})
+    graph = build_graph(no_tta, built["dir"], tmp_path / "no_tta.onnx")
+    no_tta = no_tta.model_copy(update={"graphs": {"": GraphEntry(file=str(graph), sha256="", cache_key="", verified={})}})
     direct_no_tta = evaluate(Engine(no_tta, built["dir"]), data["test"].coco, data["test"].images, EvaluateOptions(progress=False))
     assert rows["no TTA"]["miou"] == pytest.approx(direct_no_tta["ensemble"]["miou"], abs=1e-9)
     assert rows["no TTA"]["forward_passes"] == sum(len(m.models) * len(m.scales) for m in no_tta.members)

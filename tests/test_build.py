@@ -6,11 +6,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import plan_text
 
-from segensemble.errors import PlanError
+from segensemble.errors import PlanError, SegEnsembleError
 from segensemble.export.build import build, plan_table
+from segensemble.manifest import read_manifest
 from segensemble.plan import load_plan
 
 
@@ -92,3 +94,27 @@ def test_fixed_shape_member_refuses_views_it_cannot_take(tmp_path):
     plan_file.write_text(base + "    tta: [identity, hflip, vflip]\n")
     result = build(load_plan(plan_file), tmp_path / "out", quiet=True)
     assert result.manifest.members[0].models[0].fixed_hw == (64, 96) and result.reused == 1
+    # inside ensemble.onnx the fixed member always sees its own shape, so any image size runs
+    from segensemble.ensemble.engine import Engine
+
+    engine = Engine.from_build(tmp_path / "out")
+    images = [np.zeros((h, w, 3), np.uint8) for h, w in ((64, 96), (37, 150), (200, 50))]
+    assert [p.labels.shape for p in engine.predict(images)] == [(64, 96), (37, 150), (200, 50)]
+
+
+def test_build_writes_verified_graphs_and_reuses_them(built):
+    manifest = read_manifest(built["dir"])
+    assert set(manifest.graphs) == {"", "fast"}
+    for entry in manifest.graphs.values():
+        assert (built["dir"] / entry.file).is_file() and entry.verified["max_abs_prob"] <= 1e-4
+        assert entry.verified["labels_agree"] == 1.0 and len(entry.verified["sizes"]) == 3
+    again = build(load_plan(built["plan"]), built["dir"], quiet=True)  # nothing changed: exports and graphs reused
+    assert again.manifest.graphs == manifest.graphs and again.reused == 7
+
+
+def test_an_old_format_build_asks_for_a_rebuild(built, tmp_path):
+    raw = json.loads((built["dir"] / "manifest.json").read_text())
+    raw["format"] = 1
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(SegEnsembleError, match="manifest format 1.*rerun `ensemble build"):
+        read_manifest(tmp_path)

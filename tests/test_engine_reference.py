@@ -1,101 +1,106 @@
-"""The engine against a plain reference of the soft-voting semantics: loops, batch 1, numpy bilinear."""
+"""ensemble.onnx against the plain reference loop (the oracle): sizes, TTA, scales, weights, batches, members."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 
+from segensemble.ensemble.engine import LABELS, MEMBERS, PROBS, Want
+from segensemble.export.reference import Reference, bilinear
 from segensemble.images import read_image
+from segensemble.manifest import read_manifest
+
+EVERYTHING = Want({LABELS, PROBS, MEMBERS})
 
 
-def ref_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Half-pixel-centre bilinear resize of (H, W, C), edges clamped: written out, independent of cv2."""
-    h, w = x.shape[:2]
-
-    def axis(n_out, n_in):
-        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
-        lo = np.minimum(np.floor(src).astype(int), n_in - 1)
-        hi = np.minimum(lo + 1, n_in - 1)
-        frac = np.where(lo >= n_in - 1, 0.0, src - lo)
-        return lo, hi, frac
-
-    y0, y1, fy = axis(out_h, h)
-    x0, x1, fx = axis(out_w, w)
-    x = x.astype(np.float64)
-    top = x[y0][:, x0] * (1 - fx)[None, :, None] + x[y0][:, x1] * fx[None, :, None]
-    bottom = x[y1][:, x0] * (1 - fx)[None, :, None] + x[y1][:, x1] * fx[None, :, None]
-    return top * (1 - fy)[:, None, None] + bottom * fy[:, None, None]
+@pytest.fixture(scope="module")
+def reference(built):
+    return Reference(built["dir"])
 
 
-TTA = {
-    "identity": (lambda a: a, lambda a: a),
-    "hflip": (lambda a: a[:, :, ::-1], lambda a: a[:, :, ::-1]),
-    "vflip": (lambda a: a[:, ::-1, :], lambda a: a[:, ::-1, :]),
-    "rot90": (lambda a: np.rot90(a, 1, (1, 2)), lambda a: np.rot90(a, -1, (1, 2))),
-    "rot270": (lambda a: np.rot90(a, -1, (1, 2)), lambda a: np.rot90(a, 1, (1, 2))),
-    "transpose": (lambda a: a.transpose(0, 2, 1), lambda a: a.transpose(0, 2, 1)),
-}
+def _images(data):
+    first = read_image(data["test"].images / "test_0000.png")  # 64 x 80: non-square, multiple of the stride
+    return {
+        "non-square": first,
+        "odd": np.ascontiguousarray(first[:50, :70]),  # neither side a multiple of 32: padding and rounding
+        "square": np.ascontiguousarray(first[:64, :64]),
+        "tall odd": np.ascontiguousarray(np.rot90(first)[:77, :45]),
+    }
 
 
-def reference_probs(manifest: dict, build_dir, image: np.ndarray) -> np.ndarray:
-    H, W = image.shape[:2]
-    total, weights = 0.0, 0.0
-    for m in manifest["members"]:
-        views = []
-        for model in m["models"]:
-            sess = ort.InferenceSession(str(build_dir / model["file"]), providers=["CPUExecutionProvider"])
-            for s in m["scales"]:
-                bh, bw = m["input_size"] or (H, W)
-                h, w = int(np.floor(bh * s + 0.5)), int(np.floor(bw * s + 0.5))
-                x = ref_bilinear(image.astype(np.float64), h, w)
-                x = (x / 255.0 - np.array(m["mean"])) / np.array(m["std"])
-                st = m["stride"]
-                ph, pw = -(-h // st) * st, -(-w // st) * st
-                padded = np.zeros((3, ph, pw))
-                padded[:, :h, :w] = x.transpose(2, 0, 1)
-                for t in m["tta"]:
-                    aug, deaug = TTA[t]
-                    logits = sess.run(None, {"image": np.ascontiguousarray(aug(padded))[None].astype(np.float32)})[0][0]
-                    logits = deaug(logits.astype(np.float64))[:, :h, :w]
-                    e = np.exp(logits - logits.max(0))
-                    p = e / e.sum(0)
-                    views.append(ref_bilinear(p.transpose(1, 2, 0), H, W).transpose(2, 0, 1))
-        total = total + m["weight"] * np.mean(views, axis=0)
-        weights += m["weight"]
-    return total / weights
+def test_the_plan_covers_what_the_graph_must_do(built):
+    manifest = read_manifest(built["dir"])
+    members = manifest.members
+    assert {m.axis for m in members} == {"checkpoint", "folds", "epochs", "swa"}
+    assert {t for m in members for t in m.tta} == {"identity", "hflip", "vflip", "rot90", "rot270", "transpose"}
+    assert any(m.input_size for m in members) and any(not m.input_size for m in members)
+    assert any(len(m.scales) > 1 for m in members) and len({m.weight for m in members}) > 1
 
 
-def test_engine_matches_reference(built, engine, data):
-    manifest = json.loads((built["dir"] / "manifest.json").read_text())
-    assert {m["axis"] for m in manifest["members"]} == {"checkpoint", "folds", "epochs", "swa"}
-    refs = [data["test"].images / f"test_{i:04d}.png" for i in range(3)]
-    images = [read_image(p) for p in refs]
-    images.append(np.ascontiguousarray(images[0][:50, :70]))  # an odd size: padding and rounding
-    got = engine.predict(images)
-    for img, pred in zip(images, got):
-        want = reference_probs(manifest, built["dir"], img)
-        assert pred.probs.shape == want.shape
+@pytest.mark.parametrize("case", ["non-square", "odd", "square", "tall odd"])
+def test_graph_matches_reference(case, engine, reference, data):
+    image = _images(data)[case]
+    got = engine.predict([image], EVERYTHING)[0]
+    want, members = reference.predict(engine.manifest, image)
+    assert got.probs.shape == want.shape and got.labels.shape == image.shape[:2] and got.labels.dtype == np.uint8
+    assert np.abs(got.probs - want).max() <= 1e-4
+    assert (got.labels == want.argmax(0)).mean() >= 0.999
+    np.testing.assert_allclose(got.probs.sum(0), 1.0, atol=1e-4)
+    for name, p in members.items():  # each member's output is that member run alone
+        assert np.abs(got.members[name] - p).max() <= 1e-4, name
+
+
+def test_a_batch_of_three_equals_each_alone(engine, reference, data):
+    first = _images(data)["odd"]
+    batch = [first, np.ascontiguousarray(first[::-1]), np.ascontiguousarray(255 - first)]
+    together = engine.run(batch, EVERYTHING)
+    for image, pred in zip(batch, together):
+        want, _ = reference.predict(engine.manifest, image)
         assert np.abs(pred.probs - want).max() <= 1e-4
-        assert (pred.labels == want.argmax(0)).mean() >= 0.999
-        np.testing.assert_allclose(pred.probs.sum(0), 1.0, atol=1e-4)
+        alone = engine.run([image], EVERYTHING)[0]
+        assert np.abs(pred.probs - alone.probs).max() <= 1e-5
 
 
-def test_per_member_probabilities_recombine(engine, data):
-    image = read_image(data["test"].images / "test_0001.png")
-    pred = engine.predict([image], per_member=True)[0]
-    weights = {m.entry.name: m.entry.weight for m in engine.members}
-    combined = sum(weights[n] * p for n, p in pred.members.items()) / sum(weights.values())
-    assert np.abs(combined - pred.probs).max() <= 1e-5
+def test_mixed_sizes_are_grouped_and_returned_in_order(engine, data):
+    images = list(_images(data).values())
+    mixed = [images[0], images[1], images[0], images[2]]
+    got = engine.predict(mixed, Want({LABELS}))
+    assert [p.labels.shape for p in got] == [i.shape[:2] for i in mixed]
+    np.testing.assert_array_equal(got[0].labels, got[2].labels)
+    assert got[0].probs is None and got[0].members is None  # only what was asked for comes back
 
 
-def test_batching_does_not_change_results(engine, data):
-    images = [read_image(data["test"].images / f"test_{i:04d}.png") for i in range(4)]
-    together = engine.predict(images)
-    alone = [engine.predict([img])[0] for img in images]
-    for a, b in zip(together, alone):
-        assert np.abs(a.probs - b.probs).max() <= 1e-5
+def test_profile_graph_is_the_reference_over_its_views(engine, reference, data):
+    fast = engine.with_profile("fast")
+    assert fast.forward_passes == 2 and [m.name for m in fast.members] == ["unet-ms", "fpn"]
+    assert fast.graph.path.name == "ensemble.fast.onnx" and engine.with_profile("fast").graph is fast.graph
+    image = _images(data)["odd"]
+    want, _ = reference.predict(fast.manifest, image)
+    assert np.abs(fast.predict([image], Want({PROBS}))[0].probs - want).max() <= 1e-4
+
+
+def test_plain_onnxruntime_gives_the_labels_predict_writes(built, data, tmp_path):
+    """A user loads ensemble.onnx with nothing but onnxruntime, feeds uint8 images and gets predict's masks."""
+    masks = tmp_path / "masks"
+    done = subprocess.run([sys.executable, "-m", "segensemble.cli", "predict", str(data["test"].images), "--build", str(built["dir"]),
+                           "--save-masks", str(masks), "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    session = ort.InferenceSession(str(built["dir"] / "ensemble.onnx"), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    outputs = json.loads(meta["outputs"])
+    assert outputs["labels"] == "labels" and set(outputs["members"]) == {m.name for m in read_manifest(built["dir"]).members}
+    assert [i.name for i in session.get_inputs()] == ["image"] and session.get_inputs()[0].type == "tensor(uint8)"
+    from PIL import Image
+
+    for path in sorted(data["test"].images.glob("*.png")):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        labels = session.run(["labels"], {"image": image[None]})[0][0]
+        np.testing.assert_array_equal(labels, np.asarray(Image.open(masks / path.name)))
 
 
 def test_engine_ensemble_beats_chance(engine, data):
@@ -106,12 +111,10 @@ def test_engine_ensemble_beats_chance(engine, data):
     assert (labels == gt).mean() > max(0.8, (gt == 0).mean() + 0.05)
 
 
-def test_profile_is_the_reference_over_its_views(built, engine, data):
-    manifest = json.loads((built["dir"] / "manifest.json").read_text())
-    fast = engine.with_profile("fast")
-    assert fast.forward_passes == 2 and [m.entry.name for m in fast.members] == ["unet-ms", "fpn"]
-    assert fast.members[0].sessions[0] is engine.members[0].sessions[0]  # sessions are shared, not reopened
-    kept = [dict(m, tta=["identity"], scales=[1.0]) for m in manifest["members"] if m["name"] in ("unet-ms", "fpn")]
-    image = read_image(data["test"].images / "test_0002.png")
-    want = reference_probs({"members": kept}, built["dir"], image)
-    assert np.abs(fast.predict([image])[0].probs - want).max() <= 1e-4
+def test_oracle_bilinear_is_cv2_inter_linear():
+    """The oracle's resize is written out; it must be the semantics the graph is held to (cv2 INTER_LINEAR)."""
+    import cv2
+
+    x = np.random.default_rng(0).uniform(0, 255, (13, 17, 3)).astype(np.float32)
+    for h, w in ((7, 9), (29, 40), (13, 31)):
+        np.testing.assert_allclose(bilinear(x, h, w), cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR), atol=1e-3)

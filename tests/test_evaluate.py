@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import CLASSES
 
+from segensemble.ensemble.engine import LABELS, MEMBERS, Want
 from segensemble.ensemble.evaluate import EvaluateOptions, evaluate
 from segensemble.errors import SegEnsembleError
 from segensemble.images import read_image
@@ -37,7 +38,7 @@ def test_label_maps_equal_the_generator_masks(data):
 def test_evaluate_matches_a_direct_computation(engine, data):
     report = evaluate(engine, data["test"].coco, data["test"].images, EvaluateOptions(progress=False))
     coco = json.loads(data["test"].coco.read_text())
-    preds = engine.predict([read_image(data["test"].images / i["file_name"]) for i in coco["images"]], per_member=True)
+    preds = engine.predict([read_image(data["test"].images / i["file_name"]) for i in coco["images"]], Want({LABELS, MEMBERS}))
     gts = data["test"].masks
     assert report["ensemble"]["miou"] == pytest.approx(_miou(gts, [p.labels for p in preds], len(CLASSES)))
     for name in report["members"]:

@@ -12,8 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from segensemble.ensemble.sessions import open_session
-from segensemble.errors import ExportError, SegEnsembleError
+from segensemble.errors import ExportError
 from segensemble.export.onnx_export import ExportOptions, export_onnx
 from segensemble.models.checkpoints import LoadedModel, PartialSpec, load_checkpoint
 from segensemble.models.registry import ModelSpec, create_model
@@ -67,12 +66,11 @@ def test_pspnet_without_a_size_is_a_clear_error(tmp_path):
     assert not (tmp_path / "p.onnx").exists()
 
 
-def test_fixed_shape_graph_refuses_other_shapes_clearly(tmp_path):
-    export_onnx(_loaded("PSPNet", "resnet18"), tmp_path / "p.onnx", ExportOptions(fixed_hw=(64, 64)))
-    session = open_session(tmp_path / "p.onnx")
-    assert session.run(np.zeros((2, 3, 64, 64), np.float32)).shape == (2, 5, 64, 64)
-    with pytest.raises(SegEnsembleError, match="fixed input of 64x64.*96x64"):
-        session.run(np.zeros((1, 3, 96, 64), np.float32))
+def test_fixed_shape_graph_is_dynamic_in_batch_and_says_its_shape(tmp_path):
+    report = export_onnx(_loaded("PSPNet", "resnet18"), tmp_path / "p.onnx", ExportOptions(fixed_hw=(64, 64)))
+    session = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"image": np.zeros((2, 3, 64, 64), np.float32)})[0].shape == (2, 5, 64, 64)
+    assert json.loads(session.get_modelmeta().custom_metadata_map["fixed_hw"]) == [64, 64] == list(report.fixed_hw)
 
 
 def test_metadata_carries_what_inference_needs(ckpt_dir, tmp_path):

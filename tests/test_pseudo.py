@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import CLASSES, read_png
 
-from segensemble.ensemble.engine import Prediction
+from segensemble.ensemble.engine import PROBS, Prediction, Want
 from segensemble.ensemble.pseudo_label import PseudoOptions, pseudo_label
 from segensemble.errors import SegEnsembleError
 from segensemble.images import ImageRef, list_images, read_image
@@ -85,19 +85,33 @@ def test_bad_values_are_clear_errors(rule, message):
         rule.validate(4)
 
 
+class _Wrapped:
+    """A Runner around the real engine whose stream a test replaces (known outcomes, interruptions)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    classes = property(lambda self: self.engine.classes)
+    members = property(lambda self: self.engine.members)
+
+    def describe(self) -> str:
+        return "test runner"
+
+
 def test_job_with_known_probabilities(engine, tmp_path):
     """The whole job (journal, COCO, report) on predictions whose outcome is known in advance."""
     cases = list(CASES.items())
     refs = [ImageRef(f"img_{i}.png", tmp_path / f"img_{i}.png") for i in range(len(cases))]
 
-    def stream(todo, batch_images=4):
-        by_id = {r.image_id: c for r, (_, c) in zip(refs, cases)}
-        for ref in todo:
-            probs = np.concatenate([by_id[ref.image_id][0], np.zeros((1, *by_id[ref.image_id][0].shape[1:]), np.float32)])
-            yield ref, Prediction(probs)
+    class Known(_Wrapped):
+        def stream(self, todo, want, batch_images=1):
+            by_id = {r.image_id: c for r, (_, c) in zip(refs, cases)}
+            for ref in todo:
+                probs = np.concatenate([by_id[ref.image_id][0], np.zeros((1, *by_id[ref.image_id][0].shape[1:]), np.float32)])
+                yield ref, Prediction(probs=probs)
 
     out = tmp_path / "pseudo.json"
-    summary = pseudo_label(engine, refs, PseudoOptions(output=out, report=tmp_path / "r.csv", progress=False), stream=stream)
+    summary = pseudo_label(Known(engine), refs, PseudoOptions(output=out, report=tmp_path / "r.csv", progress=False))
     want_kept = [c[1] for _, c in cases]
     assert summary.kept == sum(want_kept) and summary.dropped == len(cases) - sum(want_kept)
     rows = list(csv.DictReader(open(tmp_path / "r.csv")))
@@ -117,7 +131,7 @@ def test_cli_end_to_end_round_trips_through_pycocotools(built, data, engine, tmp
     assert "kept" in done.stdout and "uncertain share" in done.stdout
     # the reference: the same rule applied to the engine's own probabilities
     refs = list_images(data["test"].images)
-    preds = engine.predict([read_image(r.path) for r in refs])
+    preds = engine.predict([read_image(r.path) for r in refs], Want({PROBS}))
     expected = {r.image_id: decide(p.probs, PseudoRule(0.5, 0.2)) for r, p in zip(refs, preds)}
     rows = list(csv.DictReader(open(tmp_path / "pseudo.report.csv")))
     assert {r["image"]: r["decision"] == "kept" for r in rows} == {k: v[0].kept for k, v in expected.items()}
@@ -152,23 +166,25 @@ def test_resume_continues_the_journal(engine, data, tmp_path):
     out = tmp_path / "p.json"
     calls = []
 
-    def interrupted(todo, batch_images=4):
-        for i, item in enumerate(engine.stream(todo, batch_images=1)):
-            calls.append(item[0].image_id)
-            if i == 3:
-                raise KeyboardInterrupt
-            yield item
+    class Interrupted(_Wrapped):
+        def stream(self, todo, want, batch_images=1):
+            for i, item in enumerate(engine.stream(todo, want, batch_images=1)):
+                calls.append(item[0].image_id)
+                if i == 3:
+                    raise KeyboardInterrupt
+                yield item
 
     with pytest.raises(KeyboardInterrupt):
-        pseudo_label(engine, refs, PseudoOptions(output=out, rule=PseudoRule(0.6, 0.5), progress=False), stream=interrupted)
+        pseudo_label(Interrupted(engine), refs, PseudoOptions(output=out, rule=PseudoRule(0.6, 0.5), progress=False))
     assert not out.exists()
     seen = []
 
-    def counting(todo, batch_images=4):
-        seen.extend(r.image_id for r in todo)
-        yield from engine.stream(todo, batch_images=batch_images)
+    class Counting(_Wrapped):
+        def stream(self, todo, want, batch_images=1):
+            seen.extend(r.image_id for r in todo)
+            yield from engine.stream(todo, want, batch_images=batch_images)
 
-    pseudo_label(engine, refs, PseudoOptions(output=out, rule=PseudoRule(0.6, 0.5), resume=True, progress=False), stream=counting)
+    pseudo_label(Counting(engine), refs, PseudoOptions(output=out, rule=PseudoRule(0.6, 0.5), resume=True, progress=False))
     assert seen == [r.image_id for r in refs[3:]]
     assert out.read_text() == full.read_text()
 

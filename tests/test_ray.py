@@ -9,7 +9,7 @@ import pytest
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
-from segensemble.dist.ray_engine import ray_stream  # noqa: E402
+from segensemble.dist.ray_engine import RayEngine  # noqa: E402
 from segensemble.ensemble.predict import PredictOptions, predict_to_files  # noqa: E402
 from segensemble.ensemble.pseudo_label import PseudoOptions, pseudo_label  # noqa: E402
 from segensemble.images import list_images  # noqa: E402
@@ -28,14 +28,13 @@ def test_ray_outputs_equal_local_byte_for_byte(local_ray, engine, built, data, t
     shutil.copytree(data["test"].images, folder)
     (folder / "zz_bad.png").write_bytes(b"broken")
     refs = list_images(folder)
-    stream = ray_stream(built["dir"], actors=2)
     outs = {}
-    for name, s in (("local", None), ("ray", stream)):
+    for name, runner in (("local", engine), ("ray", RayEngine(built["dir"], actors=2))):
         opts = PredictOptions(csv=tmp_path / f"{name}.csv", masks_dir=tmp_path / f"{name}_masks", skip_bad=True, progress=False)
-        summary = predict_to_files(engine, refs, opts, stream=s)
+        summary = predict_to_files(runner, refs, opts)
         assert [x[0] for x in summary.skipped] == ["zz_bad.png"]
-        pseudo_label(engine, refs, PseudoOptions(output=tmp_path / f"{name}.json", rule=PseudoRule(0.5, 0.3), skip_bad=True,
-                                                 report=tmp_path / f"{name}.report.csv", progress=False), stream=s)
+        pseudo_label(runner, refs, PseudoOptions(output=tmp_path / f"{name}.json", rule=PseudoRule(0.5, 0.3), skip_bad=True,
+                                                 report=tmp_path / f"{name}.report.csv", progress=False))
         outs[name] = summary
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
     assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "local.json").read_bytes()
@@ -47,13 +46,13 @@ def test_ray_outputs_equal_local_byte_for_byte(local_ray, engine, built, data, t
 
 def test_ray_resume_continues_the_same_partial_file(local_ray, engine, built, data, tmp_path):
     refs = list_images(data["test"].images)
-    stream = ray_stream(built["dir"], actors=1)
+    ray_engine = RayEngine(built["dir"], actors=1)
     local = tmp_path / "local.csv"
     predict_to_files(engine, refs, PredictOptions(csv=local, progress=False))
     out = tmp_path / "ray.csv"
-    predict_to_files(engine, refs[:3], PredictOptions(csv=out, progress=False), stream=stream)
+    predict_to_files(ray_engine, refs[:3], PredictOptions(csv=out, progress=False))
     out.rename(out.with_name("ray.csv.partial"))
-    summary = predict_to_files(engine, refs, PredictOptions(csv=out, resume=True, progress=False), stream=stream)
+    summary = predict_to_files(ray_engine, refs, PredictOptions(csv=out, resume=True, progress=False))
     assert summary.resumed == 3 and out.read_bytes() == local.read_bytes()
 
 

@@ -8,28 +8,20 @@ argmax ties may flip on a handful of pixels), float32 for exact scoring.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from segensemble.ensemble.engine import Engine, ViewKey
-from segensemble.ensemble.views import resize_hwc
+from segensemble.ensemble.engine import Engine
+from segensemble.ensemble.sessions import GraphSession, open_graph
 from segensemble.errors import SegEnsembleError
+from segensemble.export.graph import ViewId, build_graph, list_views, view_output
 from segensemble.images import ImageRef, read_image
 
 
-@dataclass(frozen=True)
-class View:
-    member: int
-    model: int
-    scale: float
-    tta: str
-
-
 class ViewCache:
-    def __init__(self, root: Path, views: list[View], sizes: list[tuple[int, int]], classes: int, dtype: str, mode: str = "w+"):
+    def __init__(self, root: Path, views: list[ViewId], sizes: list[tuple[int, int]], classes: int, dtype: str, mode: str = "w+"):
         self.root, self.views, self.sizes, self.classes = Path(root), views, sizes, classes
         self.offsets = np.concatenate([[0], np.cumsum([classes * h * w for h, w in sizes])]).astype(np.int64)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -64,36 +56,41 @@ def _check_disk(root: Path, needed: int) -> None:
                                "use --max-images N to analyze a sample, or point -o at a larger disk")
 
 
-def list_views(engine: Engine) -> list[View]:
-    return [View(mi, k, s, t) for mi, m in enumerate(engine.members) for k in range(len(m.sessions))
-            for s in m.entry.scales for t in m.entry.tta]
-
-
 def build_cache(engine: Engine, refs: list[ImageRef], root: Path, dtype: str = "float16", progress: bool = True) -> ViewCache:
-    """Run every view of every member once over ``refs`` and store each view's full-size probabilities."""
-    views = list_views(engine)
-    index = {v: j for j, v in enumerate(views)}
+    """Run every view of every member once over ``refs`` and store each view's full-size probabilities.
+
+    Each member's views come from a variant of the ensemble graph whose outputs are that member's views at
+    H x W (built into ``root/graphs``), so the time each member costs is measured on its own.
+    """
     from PIL import Image
 
+    views = list_views(engine.members)
     sizes = []
     for ref in refs:  # sizes from the headers, without decoding twice
         with Image.open(ref.path) as img:
             sizes.append((img.height, img.width))
     _check_disk(root, sum(h * w for h, w in sizes) * len(engine.classes) * len(views) * np.dtype(dtype).itemsize)
-    images = (read_image(r.path) for r in refs)
+    graphs = _member_graphs(engine, root / "graphs")
     cache = ViewCache(root, views, sizes, len(engine.classes), dtype)
-    for i, image in enumerate(tqdm(images, total=len(refs), desc="analyze: views", unit="img", disable=not progress)):
-        for mi, member in enumerate(engine.members):
+    for i, ref in enumerate(tqdm(refs, desc="analyze: views", unit="img", disable=not progress)):
+        image = read_image(ref.path)[None]
+        for mi, (session, names) in enumerate(graphs):
             started = time.perf_counter()
-
-            def sink(key: ViewKey, probs: np.ndarray, mi=mi, i=i) -> None:
-                full = resize_hwc(np.ascontiguousarray(probs.transpose(1, 2, 0)), sizes[i])
-                full = full[..., None] if full.ndim == 2 else full
-                cache.put(index[View(mi, key.model, key.scale, key.tta)], i, full.transpose(2, 0, 1))
-
-            engine.run_views(member, [image], sink)
+            outputs = session.run(image, names)
             spent = time.perf_counter() - started
             mine = [j for j, v in enumerate(views) if v.member == mi]
+            for j, probs in zip(mine, outputs):
+                cache.put(j, i, probs[0])
             area = np.array([views[j].scale ** 2 for j in mine])  # cost of a view grows with its pixel count
             cache.seconds[mine] += spent * area / area.sum()
     return cache
+
+
+def _member_graphs(engine: Engine, folder: Path) -> list[tuple[GraphSession, list[str]]]:
+    """One views graph per member: (session, its output names in list_views order)."""
+    out = []
+    for mi, member in enumerate(engine.members):
+        alone = engine.manifest.model_copy(update={"members": [member], "profiles": {}})
+        path = build_graph(alone, engine.build_dir, folder / f"member{mi}.views.onnx", views=True)
+        out.append((open_graph(path, engine.options), [view_output(j) for j in range(member.views)]))
+    return out

@@ -61,7 +61,7 @@ def analyze(engine: Engine, coco_path: Path, image_root: Path, options: AnalyzeO
     held = sorted(order[: int(round(options.holdout * n))].tolist())
     select = sorted(order[len(held):].tolist()) or list(range(n))
     everything = list(range(n))
-    members = [m.entry for m in engine.members]
+    members = list(engine.members)
     views = cache.views
     per_image_ms = lambda kept: float(cache.seconds[kept].sum() / n * 1000)  # noqa: E731
 
@@ -125,7 +125,7 @@ def _select(cache, members, gts, select, held, names, out, best) -> dict:
 def _pictures(engine, cache, refs, gts, full, best, names, out, options) -> dict:
     pics = out / "pictures"
     pics.mkdir(exist_ok=True)
-    coeffs = coefficients(cache.views, all_views(cache.views), [m.entry for m in engine.members])
+    coeffs = coefficients(cache.views, all_views(cache.views), list(engine.members))
     rng = np.random.default_rng(options.seed)
     picks = sorted(rng.choice(len(refs), size=min(options.samples, len(refs)), replace=False).tolist())
     grids = []

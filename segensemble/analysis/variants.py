@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-from segensemble.analysis.cache import View
+from segensemble.export.graph import ViewId
 from segensemble.manifest import MemberEntry
 
 
-def coefficients(views: list[View], kept: list[int], members: list[MemberEntry], weights: list[float] | None = None) -> dict[int, float]:
+def coefficients(views: list[ViewId], kept: list[int], members: list[MemberEntry], weights: list[float] | None = None) -> dict[int, float]:
     """view index -> coefficient, for the views ``kept``, normalized by the weight members actually receive."""
     weights = weights or [m.weight for m in members]
     per_member = Counter(views[j].member for j in kept)
@@ -22,15 +22,15 @@ def coefficients(views: list[View], kept: list[int], members: list[MemberEntry],
     return {j: weights[views[j].member] / (per_member[views[j].member] * total) for j in kept if weights[views[j].member] > 0}
 
 
-def all_views(views: list[View]) -> list[int]:
+def all_views(views: list[ViewId]) -> list[int]:
     return list(range(len(views)))
 
 
-def member_views(views: list[View], member: int) -> list[int]:
+def member_views(views: list[ViewId], member: int) -> list[int]:
     return [j for j, v in enumerate(views) if v.member == member]
 
 
-def ablations(views: list[View], members: list[MemberEntry], best_member: int) -> dict[str, list[int] | None]:
+def ablations(views: list[ViewId], members: list[MemberEntry], best_member: int) -> dict[str, list[int] | None]:
     """Each axis removed in turn; None where the plan does not use that axis."""
 
     def closest_scale(m: MemberEntry) -> float:

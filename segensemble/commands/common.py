@@ -17,7 +17,6 @@ def floats3(text: list[str], flag: str) -> tuple[float, float, float]:
     return tuple(float(t) for t in text)  # type: ignore[return-value]
 
 
-
 def default_build_dir(plan: Path) -> Path:
     return plan.parent / "build"
 
@@ -33,10 +32,12 @@ def add_runtime_flags(p) -> None:
                    "divided among the workers)")
     p.add_argument("--profile", help="run a named lighter profile of the plan (profiles: in plan.yaml) instead of the whole ensemble")
     p.add_argument("--batch-images", type=int, default=1, help="images per engine batch (default 1: fastest and leanest on CPU; raise it on a GPU)")
+    p.add_argument("--trt-fp16", action="store_true", help="TensorRT in fp16 (default fp32); no effect without TensorRT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def open_engine(args):
+    """The engine the flags ask for: local (one ONNX Runtime session over the build's graph) or Ray actors."""
     from segensemble.ensemble.engine import Engine
     from segensemble.ensemble.sessions import RuntimeOptions
 
@@ -47,12 +48,15 @@ def open_engine(args):
 
         build_dir = default_build_dir(args.plan)
         build(load_plan(args.plan), build_dir, quiet=args.quiet)
+    if getattr(args, "engine", "local") == "ray":  # the models load in the actors only
+        from segensemble.dist.ray_engine import RayEngine
+
+        return RayEngine(build_dir, address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                         threads_per_actor=args.threads or 1, profile=args.profile)
     workers = max(1, args.workers)
     threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
-    local = getattr(args, "engine", "local") == "local"  # with --engine ray the models load in the actors only
-    engine = Engine.from_build(build_dir, RuntimeOptions(tuple(args.providers) if args.providers else None, threads),
-                               workers=workers, sessions=local)
-    engine = engine.with_profile(args.profile)
+    options = RuntimeOptions(tuple(args.providers) if args.providers else None, threads, trt_fp16=args.trt_fp16)
+    engine = Engine.from_build(build_dir, options, max_batch=max(1, args.batch_images), workers=workers, profile=args.profile)
     if engine.fell_back:
         print("warning: a GPU provider was requested but ONNX Runtime fell back to CPU", file=sys.stderr)
     return engine
@@ -72,10 +76,3 @@ def add_dist_flags(p) -> None:
     p.add_argument("--address", help="with --engine ray: Ray cluster address (default: start or join a local one)")
     p.add_argument("--actors", type=int, default=2, help="with --engine ray: engine actors (default 2)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="with --engine ray: GPUs per actor (default 0)")
-
-
-def dist_stream(args, engine):
-    from segensemble.dist.ray_engine import ray_stream
-
-    return ray_stream(engine.build_dir, address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-                      threads_per_actor=args.threads or 1, profile=args.profile)

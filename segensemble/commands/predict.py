@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segensemble.commands.common import add_dist_flags, add_runtime_flags, dist_stream, image_refs, open_engine
+from segensemble.commands.common import add_dist_flags, add_runtime_flags, image_refs, open_engine
 
 
 def add(sub) -> None:
@@ -33,10 +33,9 @@ def run(args) -> int:
     refs = image_refs(args)
     options = PredictOptions(csv_path, args.save_masks, args.save_probs, tuple(args.submission_size), args.resume,
                              args.skip_bad, args.batch_images, not args.quiet)
-    stream = dist_stream(args, engine) if args.engine == "ray" else None
-    s = predict_to_files(engine, refs, options, stream=stream)
+    s = predict_to_files(engine, refs, options)
     print(f"predicted {s.predicted} of {s.total} images in {s.seconds:.1f}s ({s.images_per_second:.2f} img/s, "
-          f"{engine.forward_passes} forward passes per image on {', '.join(engine.active_providers) or 'Ray actors'})"
+          f"{engine.describe()})"
           + (f"; {s.resumed} already done" if s.resumed else ""))
     for image_id, reason in s.skipped:
         print(f"skipped {image_id}: {reason}")

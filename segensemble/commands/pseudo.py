@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segensemble.commands.common import add_dist_flags, add_runtime_flags, dist_stream, image_refs, open_engine
+from segensemble.commands.common import add_dist_flags, add_runtime_flags, image_refs, open_engine
 from segensemble.errors import SegEnsembleError
 
 
@@ -61,8 +61,7 @@ def run(args) -> int:
         report=args.report or args.output.with_name(args.output.stem + ".report.csv"), file_prefix=args.file_prefix,
         resume=args.resume, skip_bad=args.skip_bad, batch_images=args.batch_images, progress=not args.quiet,
     )
-    stream = dist_stream(args, engine) if args.engine == "ray" else None
-    summary = pseudo_label(engine, image_refs(args), options, stream=stream)
+    summary = pseudo_label(engine, image_refs(args), options)
     print(summary.describe())
     for image_id, reason in summary.skipped:
         print(f"skipped {image_id}: {reason}")

@@ -1,21 +1,24 @@
-"""``--engine ray``: the same engine in a Ray Data actor pool; results stream back in input order.
+"""``--engine ray``: the ensemble graph in a Ray Data actor pool; results stream back in input order.
 
-Images are a Ray Dataset of (index, path) rows; ``map_batches`` runs ``EnsembleActor`` (one Engine per
-actor, sessions built once in its constructor) with ``compute=ray.data.ActorPoolStrategy(size=N)`` (the
-current API: ``concurrency=`` is deprecated since Ray 2.60). Order is preserved, so the local writers
-(CSV, masks, pseudo-label journal) consume the stream exactly as they consume the local one, with the same
-atomic and resume behaviour.
+Images are a Ray Dataset of (index, path) rows; ``map_batches`` runs ``EnsembleActor`` (one local Engine per
+actor, its session built once in the constructor) with ``compute=ray.data.ActorPoolStrategy(size=N)`` (the
+current API: ``concurrency=`` is deprecated since Ray 2.60). Order is preserved, so the local writers (CSV,
+masks, pseudo-label journal) consume ``RayEngine.stream`` exactly as they consume ``Engine.stream``, with
+the same atomic and resume behaviour. The driver reads the manifest only; no model loads there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from segensemble.ensemble.engine import LABELS, MEMBERS, PROBS, Prediction, Want
 from segensemble.errors import ImageError, SegEnsembleError
+from segensemble.export.graph import member_output
 from segensemble.images import ImageRef
+from segensemble.manifest import MemberEntry, read_manifest
 
 
 def _ray():
@@ -28,13 +31,14 @@ def _ray():
 
 
 class EnsembleActor:
-    """One engine per actor; called on batches of rows {index, path}."""
+    """One engine per actor; called on batches of rows {index, path}; returns the outputs asked for."""
 
-    def __init__(self, build_dir: str, threads: int = 0, profile: str | None = None):
+    def __init__(self, build_dir: str, want: list[str], threads: int = 0, profile: str | None = None):
         from segensemble.ensemble.engine import Engine
         from segensemble.ensemble.sessions import RuntimeOptions
 
-        self.engine = Engine.from_build(build_dir, RuntimeOptions(threads=threads)).with_profile(profile)
+        self.engine = Engine.from_build(build_dir, RuntimeOptions(threads=threads), profile=profile)
+        self.want = Want(want)
 
     def __call__(self, batch: dict) -> dict:
         from segensemble.images import read_image
@@ -47,40 +51,65 @@ class EnsembleActor:
             except ImageError as exc:
                 images.append(None)
                 errors.append(exc.reason)
-        good = [img for img in images if img is not None]
-        preds = iter(self.engine.predict(good)) if good else iter(())
-        probs = [next(preds).probs if img is not None else np.zeros((0,), np.float32) for img in images]
-        return {"index": np.asarray(batch["index"]), "error": np.asarray(errors, dtype=object), "probs": probs}
+        good = iter(self.engine.predict([img for img in images if img is not None], self.want))
+        preds = [next(good) if img is not None else None for img in images]
+        out = {"index": np.asarray(batch["index"]), "error": np.asarray(errors, dtype=object)}
+        empty = np.zeros((0,), np.float32)
+        if LABELS in self.want:
+            out[LABELS] = [p.labels if p else empty for p in preds]
+        if PROBS in self.want:
+            out[PROBS] = [p.probs if p else empty for p in preds]
+        for m in self.engine.members if MEMBERS in self.want else []:
+            out[member_output(m.name)] = [p.members[m.name] if p else empty for p in preds]
+        return out
 
 
-def ray_stream(build_dir: str | Path, address: str | None = None, actors: int = 2, gpus_per_actor: float = 0.0,
-               threads_per_actor: int = 1, profile: str | None = None):
-    """A drop-in for ``Engine.stream`` that runs on Ray; ``address=None`` starts or joins a local Ray."""
-    ray = _ray()
-    if actors < 1:
-        raise SegEnsembleError(f"--actors must be >= 1, got {actors}")
+class RayEngine:
+    """The Runner protocol on a Ray cluster (``address=None`` starts or joins a local Ray)."""
 
-    def stream(refs: list[ImageRef], batch_images: int = 1, **_) -> Iterator[tuple[ImageRef, object]]:
-        from segensemble.ensemble.engine import Prediction
+    def __init__(self, build_dir: str | Path, address: str | None = None, actors: int = 2, gpus_per_actor: float = 0.0,
+                 threads_per_actor: int = 1, profile: str | None = None):
+        if actors < 1:
+            raise SegEnsembleError(f"--actors must be >= 1, got {actors}")
+        self.build_dir, self.address, self.actors = Path(build_dir), address, actors
+        self.gpus_per_actor, self.threads_per_actor, self.profile = gpus_per_actor, threads_per_actor, profile
+        self.manifest = read_manifest(build_dir).profile(profile)
+        self.manifest.graph_entry(profile)  # the build has this profile's graph
 
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest.classes
+
+    @property
+    def members(self) -> list[MemberEntry]:
+        return self.manifest.members
+
+    def describe(self) -> str:
+        return f"{sum(m.views for m in self.members)} views per image in one graph on {self.actors} Ray actor(s)"
+
+    def stream(self, refs: Iterable[ImageRef], want: Want = Want({LABELS}), batch_images: int = 1,
+               ) -> Iterator[tuple[ImageRef, Prediction | ImageError]]:
+        refs = list(refs)
         if not refs:
             return
+        ray = _ray()
         if not ray.is_initialized():
-            ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+            ray.init(address=self.address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
         ds = ray.data.from_items([{"index": i, "path": str(r.path)} for i, r in enumerate(refs)])
         ds = ds.map_batches(
-            EnsembleActor, fn_constructor_kwargs={"build_dir": str(build_dir), "threads": threads_per_actor, "profile": profile},
-            batch_size=batch_images, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor or None,
+            EnsembleActor, fn_constructor_kwargs={"build_dir": str(self.build_dir), "want": sorted(want),
+                                                  "threads": self.threads_per_actor, "profile": self.profile},
+            batch_size=batch_images, compute=ray.data.ActorPoolStrategy(size=self.actors), num_gpus=self.gpus_per_actor or None,
             batch_format="numpy",
         )
         for row in ds.iter_rows():
             ref = refs[int(row["index"])]
             if row["error"]:
                 yield ref, ImageError(str(ref.path), str(row["error"]))
-            else:
-                yield ref, Prediction(np.asarray(row["probs"], dtype=np.float32))
-
-    return stream
+                continue
+            members = {m.name: np.asarray(row[member_output(m.name)]) for m in self.members} if MEMBERS in want else None
+            yield ref, Prediction(np.asarray(row[LABELS]) if LABELS in want else None,
+                                  np.asarray(row[PROBS], dtype=np.float32) if PROBS in want else None, members)

@@ -1,220 +1,197 @@
-"""The one engine loop: images -> every member's views -> soft vote. Used by predict, evaluate,
-pseudo-label and serve alike.
+"""The runtime: decoded images in, the ensemble graph run once per batch of same-size images, predictions out.
 
-For one image of size H x W, each member m (weight w_m), scale s and TTA view t: resize to the member's
-base size (input_size, or H x W) times s; normalize and zero-pad bottom/right to the stride; augment, run,
-deaugment, crop; softmax; resize to H x W. P_m is the mean over the member's views (models x scales x TTA);
-P = sum(w_m P_m) / sum(w_m). Views that share an input shape run as one batched ONNX Runtime call, across
-images too, and images are decoded ahead of the model in a bounded prefetch.
+Every job (predict, evaluate, pseudo-label, serve, the Ray actors) runs the build's ``ensemble.onnx`` (or a
+profile's graph) through this engine; the vote's maths lives in that graph alone (``export/graph.py``).
+Python decodes images ahead of the model in a bounded prefetch, groups consecutive images of one size into
+a batch, asks the graph only for the outputs the job needs, and hands results back in input order.
 """
 
 from __future__ import annotations
 
-import copy
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from segensemble.ensemble.sessions import ModelSession, RuntimeOptions, open_session
-from segensemble.ensemble.views import TTA, prepare_input, scaled_size
-from segensemble.ensemble.vote import Vote, softmax
+from segensemble.ensemble.sessions import GraphSession, RuntimeOptions, open_graph
 from segensemble.errors import ImageError, SegEnsembleError
+from segensemble.export.graph import member_output
 from segensemble.images import ImageRef, read_image
 from segensemble.manifest import Manifest, MemberEntry, read_manifest
+
+LABELS, PROBS, MEMBERS = "labels", "probs", "members"
+Want = frozenset  # of LABELS, PROBS, MEMBERS: what a job needs back from the graph
 
 
 @dataclass
 class Prediction:
-    """Ensemble probabilities (C, H, W) of one image, and each member's when asked for."""
+    """One image's outputs, those that were asked for: labels (H, W), probs (C, H, W), {member: (C, H, W)}."""
 
-    probs: np.ndarray
+    labels: np.ndarray | None = None
+    probs: np.ndarray | None = None
     members: dict[str, np.ndarray] | None = None
 
+
+class Runner(Protocol):
+    """What jobs need of an engine; the local engine and the Ray engine both implement it."""
+
     @property
-    def labels(self) -> np.ndarray:
-        return self.probs.argmax(axis=0).astype(np.uint8 if self.probs.shape[0] <= 256 else np.int32)
+    def classes(self) -> list[str]: ...
 
+    @property
+    def members(self) -> list[MemberEntry]: ...
 
-@dataclass
-class MemberRuntime:
-    entry: MemberEntry
-    sessions: list[ModelSession]
-    mean: np.ndarray
-    std: np.ndarray
+    def stream(self, refs: Iterable[ImageRef], want: Want, batch_images: int = 1) -> Iterator[tuple[ImageRef, Prediction | ImageError]]: ...
 
-
-@dataclass(frozen=True)
-class ViewKey:
-    """Which view produced a probability map: image index in the call, model index, scale, TTA name."""
-
-    image: int
-    model: int
-    scale: float
-    tta: str
-
-
-@dataclass
-class _Job:
-    image: int
-    tta: str
-    size_hw: tuple[int, int]
-    array: np.ndarray  # augmented (3, h', w')
+    def describe(self) -> str: ...
 
 
 class Engine:
-    """Holds one ONNX Runtime session per model file; sessions are thread-safe and built once."""
+    """One ONNX Runtime session over a build's ensemble graph (thread-safe, built once)."""
 
     def __init__(self, manifest: Manifest, build_dir: Path, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8,
-                 workers: int = 1, sessions: bool = True):
-        self.manifest = manifest
+                 workers: int = 1, profile: str | None = None, graphs: dict | None = None):
         self.build_dir = Path(build_dir)
-        self.max_batch = max(1, max_batch)
+        self.base_manifest = manifest
+        self.manifest = manifest.profile(profile)
+        self.profile = profile
+        self.options = options
+        self.max_batch = max(1, max_batch)  # images per graph run
         self.workers = max(1, workers)  # batches in flight in stream()
-        # sessions=False: the manifest only, for a driver whose models run elsewhere (Ray actors)
-        self.members = [
-            MemberRuntime(
-                m,
-                [open_session(self.build_dir / e.file, options) for e in m.models] if sessions else [],
-                np.asarray(m.mean, dtype=np.float32),
-                np.asarray(m.std, dtype=np.float32),
-            )
-            for m in manifest.members
-        ]
-
-    def with_profile(self, name: str | None) -> Engine:
-        """The same sessions, restricted to a named profile of the build (None: this engine)."""
-        if name is None:
-            return self
-        manifest = self.manifest.profile(name)
-        by_name = {m.entry.name: m for m in self.members}
-        view = copy.copy(self)
-        view.manifest = manifest
-        view.members = [MemberRuntime(e, by_name[e.name].sessions, by_name[e.name].mean, by_name[e.name].std) for e in manifest.members]
-        return view
+        self._graphs = graphs if graphs is not None else {}  # profile -> session, shared by with_profile views
+        if profile not in self._graphs:
+            entry = manifest.graph_entry(profile)
+            self._graphs[profile] = open_graph(self.build_dir / entry.file, options, trt_default_profile(self.manifest, self.max_batch))
+        self.graph: GraphSession = self._graphs[profile]
 
     @classmethod
     def from_build(cls, build_dir: str | Path, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8,
-                   workers: int = 1, sessions: bool = True) -> Engine:
-        return cls(read_manifest(build_dir), Path(build_dir), options, max_batch, workers, sessions)
+                   workers: int = 1, profile: str | None = None) -> Engine:
+        manifest = read_manifest(build_dir)
+        if options.trt_cache_dir is None:
+            from dataclasses import replace
+
+            options = replace(options, trt_cache_dir=str(Path(build_dir) / "trt-cache"))
+        return cls(manifest, Path(build_dir), options, max_batch, workers, profile)
+
+    def with_profile(self, name: str | None) -> Engine:
+        """The engine of a named profile of this build (its own graph file; sessions opened once)."""
+        if name == self.profile:
+            return self
+        return Engine(self.base_manifest, self.build_dir, self.options, self.max_batch, self.workers, name, self._graphs)
 
     @property
     def classes(self) -> list[str]:
         return self.manifest.classes
 
     @property
+    def members(self) -> list[MemberEntry]:
+        return self.manifest.members
+
+    @property
     def active_providers(self) -> list[str]:
-        return sorted({p for m in self.members for s in m.sessions for p in s.active})
+        return list(self.graph.active)
 
     @property
     def fell_back(self) -> bool:
-        return any(s.fell_back for m in self.members for s in m.sessions)
+        return self.graph.fell_back
 
     @property
     def forward_passes(self) -> int:
-        return sum(m.entry.views for m in self.members)
+        return sum(m.views for m in self.members)
 
-    def predict(self, images: list[np.ndarray], per_member: bool = False) -> list[Prediction]:
-        """Ensemble probabilities for RGB uint8 images (any sizes), one batched pass per view shape."""
+    def describe(self) -> str:
+        return f"{self.forward_passes} views per image in one graph on {', '.join(self.active_providers)}"
+
+    def run(self, images: list[np.ndarray], want: Want = Want({LABELS})) -> list[Prediction]:
+        """One graph run over same-size RGB uint8 images."""
+        names = self._names(want)
+        outputs = dict(zip(names, self.graph.run(np.stack(images), names)))
+        members = {m.name: outputs[member_output(m.name)] for m in self.members} if MEMBERS in want else None
+        return [Prediction(outputs[LABELS][i] if LABELS in want else None, outputs[PROBS][i] if PROBS in want else None,
+                           {k: v[i] for k, v in members.items()} if members else None) for i in range(len(images))]
+
+    def predict(self, images: list[np.ndarray], want: Want = Want({LABELS})) -> list[Prediction]:
+        """Predictions for RGB uint8 images of any sizes: one run per group of same-size images."""
         for i, img in enumerate(images):
             if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
                 raise SegEnsembleError(f"image {i}: expected RGB uint8 (H, W, 3), got {img.dtype} {img.shape}")
-        sizes = [img.shape[:2] for img in images]
-        ensemble = [Vote(hw) for hw in sizes]
-        member_probs: dict[str, list[np.ndarray]] = {}
-        for member in self.members:
-            votes = [Vote(hw) for hw in sizes] if per_member else ensemble
-            # every view of a member counts equally; with per-member votes w_m is applied to P_m below
-            view_weight = (1.0 if per_member else member.entry.weight) / member.entry.views
-            self.run_views(member, images, lambda view, p, votes=votes, w=view_weight: votes[view.image].add(p, w))
-            if per_member:
-                member_probs[member.entry.name] = [v.result() for v in votes]
-                for i, probs in enumerate(member_probs[member.entry.name]):
-                    ensemble[i].add(probs, member.entry.weight)
-        return [
-            Prediction(ensemble[i].result(), {k: v[i] for k, v in member_probs.items()} if per_member else None)
-            for i in range(len(images))
-        ]
+        results: list[Prediction | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            by_size.setdefault(img.shape[:2], []).append(i)
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.max_batch):
+                chunk = indices[start:start + self.max_batch]
+                for i, pred in zip(chunk, self.run([images[i] for i in chunk], want)):
+                    results[i] = pred
+        return results  # type: ignore[return-value]
 
-    def run_views(self, member: MemberRuntime, images: list[np.ndarray], sink: Callable[[ViewKey, np.ndarray], None]) -> None:
-        """Run every view of ``member`` over ``images``; ``sink(view, probs)`` receives each view's softmaxed,
-        deaugmented, cropped (C, h, w) probabilities at the view's own resolution."""
-        entry = member.entry
-        for scale in entry.scales:
-            jobs = []
-            for i, img in enumerate(images):
-                size = scaled_size(entry.input_size or img.shape[:2], scale)
-                x = prepare_input(img, size, member.mean, member.std, entry.stride)
-                jobs.extend(_Job(i, t, size, TTA[t].augment(x)) for t in entry.tta)
-            for k, session in enumerate(member.sessions):
-                self._run_jobs(session, jobs, lambda job, p, k=k, s=scale: sink(ViewKey(job.image, k, s, job.tta), p))
+    def _names(self, want: Want) -> list[str]:
+        unknown = set(want) - {LABELS, PROBS, MEMBERS}
+        if unknown:
+            raise ValueError(f"unknown outputs {sorted(unknown)}")
+        names = [n for n in (LABELS, PROBS) if n in want]
+        return names + ([member_output(m.name) for m in self.members] if MEMBERS in want else [])
 
-    def _run_jobs(self, session: ModelSession, jobs: list[_Job], sink) -> None:
-        by_shape: dict[tuple, list[_Job]] = defaultdict(list)
-        for job in jobs:
-            by_shape[job.array.shape].append(job)
-        for group in by_shape.values():
-            for start in range(0, len(group), self.max_batch):
-                chunk = group[start : start + self.max_batch]
-                probs = softmax(session.run(np.stack([j.array for j in chunk])))
-                for job, p in zip(chunk, probs):
-                    h, w = job.size_hw
-                    sink(job, TTA[job.tta].deaugment(p)[:, :h, :w])
-
-    def stream(
-        self,
-        refs: Iterable[ImageRef],
-        batch_images: int = 1,
-        prefetch: int = 8,
-        per_member: bool = False,
-        reader: Callable[[ImageRef], np.ndarray] | None = None,
-        workers: int | None = None,
-    ) -> Iterator[tuple[ImageRef, Prediction | ImageError]]:
+    def stream(self, refs: Iterable[ImageRef], want: Want = Want({LABELS}), batch_images: int = 1, prefetch: int = 8,
+               reader: Callable[[ImageRef], np.ndarray] | None = None, workers: int | None = None,
+               ) -> Iterator[tuple[ImageRef, Prediction | ImageError]]:
         """Predict a stream of images in input order; a bad image yields its ImageError instead.
 
         Decoding runs ``prefetch`` images ahead in threads, and ``workers`` batches (default: the engine's)
-        run at once (sessions are thread-safe; pair workers > 1 with fewer ONNX Runtime threads). At most ``prefetch`` decoded
-        images plus ``workers`` batches are held, so memory is bounded however many images run.
+        run at once (the session is thread-safe; pair workers > 1 with fewer ONNX Runtime threads). At most
+        ``prefetch`` decoded images plus ``workers`` batches are held, so memory is bounded however many
+        images run.
         """
         read = reader or (lambda ref: read_image(ref.path))
         workers = workers or self.workers
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode") as decoders, \
-                ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="engine") as runners:
+                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine") as runners:
             running: deque = deque()  # (refs of a batch, future of its predictions) or (ref, ImageError), in input order
-            for item in self._batches(_window(decoders, read, refs, prefetch), batch_images):
-                if isinstance(item[1], ImageError):
-                    running.append(item)
-                else:
-                    running.append((item[0], runners.submit(self.predict, item[1], per_member)))
-                while len(running) > max(1, workers) or (running and isinstance(running[0][1], ImageError)):
+            for refs_, batch in _batches(_window(decoders, read, refs, prefetch), batch_images):
+                running.append((refs_, batch if isinstance(batch, ImageError) else runners.submit(self.run, batch, want)))
+                while len(running) > workers or (running and isinstance(running[0][1], ImageError)):
                     yield from _settled(running.popleft())
             while running:
                 yield from _settled(running.popleft())
 
-    @staticmethod
-    def _batches(decoded, batch_images: int):
-        """Group decoded images into batches; a bad image ends the batch and passes through on its own."""
-        refs: list[ImageRef] = []
-        images: list[np.ndarray] = []
-        for ref, future in decoded:
-            try:
-                image = future.result()
-            except ImageError as exc:
-                if refs:
-                    yield refs, images
-                    refs, images = [], []
-                yield ref, exc
-                continue
-            refs.append(ref)
-            images.append(image)
-            if len(refs) >= batch_images:
+
+def trt_default_profile(manifest: Manifest, max_batch: int):
+    """TensorRT's (N, H, W) min/opt/max for the input, from the plan: opt at the members' input size (or
+    512 x 512), max twice that, batches up to ``max_batch``."""
+    sizes = [tuple(m.input_size) for m in manifest.members if m.input_size]
+    h, w = max(sizes) if sizes else (512, 512)
+    return (1, 32, 32), (1, h, w), (max_batch, 2 * h, 2 * w)
+
+
+def _batches(decoded, batch_images: int):
+    """Consecutive decoded images of one size, up to ``batch_images``; a bad image passes through alone."""
+    refs: list[ImageRef] = []
+    images: list[np.ndarray] = []
+    for ref, future in decoded:
+        try:
+            image = future.result()
+        except ImageError as exc:
+            if refs:
                 yield refs, images
                 refs, images = [], []
-        if refs:
+            yield ref, exc
+            continue
+        if images and image.shape != images[0].shape:
             yield refs, images
+            refs, images = [], []
+        refs.append(ref)
+        images.append(image)
+        if len(refs) >= batch_images:
+            yield refs, images
+            refs, images = [], []
+    if refs:
+        yield refs, images
 
 
 def _settled(item) -> Iterator[tuple[ImageRef, Prediction | ImageError]]:
@@ -233,3 +210,4 @@ def _window(pool: ThreadPoolExecutor, read, refs: Iterable[ImageRef], size: int)
         if len(pending) > size:
             yield pending.popleft()
     yield from pending
+

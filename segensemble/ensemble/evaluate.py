@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from segensemble.ensemble.engine import Engine
+from segensemble.ensemble.engine import LABELS, MEMBERS, Runner, Want
 from segensemble.errors import SegEnsembleError
 from segensemble.images import ImageRef
 from segensemble.outputs.coco import IGNORE, category_map, has_background, label_map, load_coco
@@ -23,21 +23,21 @@ class EvaluateOptions:
     progress: bool = True
 
 
-def evaluate(engine: Engine, coco_path: Path, image_root: Path, options: EvaluateOptions = EvaluateOptions()) -> dict:
+def evaluate(engine: Runner, coco_path: Path, image_root: Path, options: EvaluateOptions = EvaluateOptions()) -> dict:
     """{"ensemble": {...}, "members": {name: {...}}, "images": n}; each entry has miou, miou_per_image, iou."""
     coco = load_coco(coco_path)
     classes = engine.classes
     cats = category_map(coco, classes, str(coco_path))
     unlabeled = unlabeled_value(options.unlabeled, classes)
     refs = [ImageRef(img["file_name"], Path(image_root) / img["file_name"], img["id"]) for img in coco.dataset["images"]]
-    meters = {name: IouMeter(len(classes)) for name in [ENSEMBLE, *(m.entry.name for m in engine.members)]}
+    meters = {name: IouMeter(len(classes)) for name in [ENSEMBLE, *(m.name for m in engine.members)]}
     bar = tqdm(total=len(refs), unit="img", desc="evaluate", disable=not options.progress)
-    for ref, result in engine.stream(refs, batch_images=options.batch_images, per_member=True):
+    for ref, result in engine.stream(refs, Want({LABELS, MEMBERS}), batch_images=options.batch_images):
         if isinstance(result, Exception):
             raise result
         gt = label_map(coco, ref.coco_id, cats, unlabeled)
-        if gt.shape != result.probs.shape[1:]:
-            raise SegEnsembleError(f"{ref.path}: image is {result.probs.shape[1:]} but {coco_path} says {gt.shape}")
+        if gt.shape != result.labels.shape:
+            raise SegEnsembleError(f"{ref.path}: image is {result.labels.shape} but {coco_path} says {gt.shape}")
         meters[ENSEMBLE].add(gt, result.labels)
         for name, probs in result.members.items():
             meters[name].add(gt, probs.argmax(0))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from segensemble.ensemble.engine import Engine
+from segensemble.ensemble.engine import LABELS, PROBS, Runner, Want
 from segensemble.errors import ImageError
 from segensemble.images import ImageRef
 from segensemble.outputs.masks import mask_path, probs_path, save_mask, save_probs
@@ -41,11 +41,8 @@ class PredictSummary:
         return self.predicted / self.seconds if self.seconds else 0.0
 
 
-def predict_to_files(engine: Engine, refs: list[ImageRef], options: PredictOptions, stream=None) -> PredictSummary:
-    """Run every image once and write the requested outputs; stops at the first bad image unless skip_bad.
-
-    ``stream`` replaces ``engine.stream`` (the Ray path hands its own ordered stream here).
-    """
+def predict_to_files(engine: Runner, refs: list[ImageRef], options: PredictOptions) -> PredictSummary:
+    """Run every image once and write the requested outputs; stops at the first bad image unless skip_bad."""
     summary = PredictSummary(total=len(refs))
     writer = SubmissionWriter(options.csv, resume=options.resume) if options.csv else None
     todo = _remaining(refs, options, writer)
@@ -53,7 +50,8 @@ def predict_to_files(engine: Engine, refs: list[ImageRef], options: PredictOptio
     start = time.perf_counter()
     bar = tqdm(total=len(refs), initial=summary.resumed, unit="img", desc="predict", disable=not options.progress)
     try:
-        for ref, result in (stream or engine.stream)(todo, batch_images=options.batch_images):
+        want = Want({LABELS, PROBS} if options.probs_dir else {LABELS})
+        for ref, result in engine.stream(todo, want, batch_images=options.batch_images):
             if isinstance(result, ImageError):
                 if not options.skip_bad:
                     raise result

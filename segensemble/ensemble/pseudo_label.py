@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from segensemble.ensemble.engine import Engine
+from segensemble.ensemble.engine import PROBS, Runner, Want
 from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.images import ImageRef
 from segensemble.outputs.atomic import write_atomic
@@ -54,7 +54,7 @@ class PseudoSummary:
                 + "\nuncertain share per image:\n" + share_histogram(self.shares))
 
 
-def pseudo_label(engine: Engine, refs: list[ImageRef], options: PseudoOptions, stream=None) -> PseudoSummary:
+def pseudo_label(engine: Runner, refs: list[ImageRef], options: PseudoOptions) -> PseudoSummary:
     """Run, decide, journal; then write the COCO file(s), masks and report."""
     rule = options.rule
     rule.validate(len(engine.classes))
@@ -65,7 +65,7 @@ def pseudo_label(engine: Engine, refs: list[ImageRef], options: PseudoOptions, s
     options.output.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(refs), initial=len(records), unit="img", desc="pseudo-label", disable=not options.progress)
     with open(journal_path, "a" if records else "w") as journal:
-        for ref, result in (stream or engine.stream)(todo, batch_images=options.batch_images):
+        for ref, result in engine.stream(todo, Want({PROBS}), batch_images=options.batch_images):
             if isinstance(result, ImageError):
                 if not options.skip_bad:
                     raise result

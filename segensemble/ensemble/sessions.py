@@ -1,14 +1,18 @@
-"""ONNX Runtime sessions: provider choice, deliberate session options, and the metadata each file carries.
+"""ONNX Runtime sessions over the ensemble graph: provider choice, deliberate options, IO binding on GPUs.
 
 Provider order: TensorRT, then CUDA, then CPU, among those this onnxruntime build offers; ``providers``
-overrides it. ONNX Runtime silently falls back to CPU when CUDA libraries are missing, so the providers a
-session actually got are read back and a fallback is reported, not assumed away.
+overrides it. onnxruntime-gpu lists TensorRT even when TensorRT's libraries are not installed (the common
+case), so TensorRT is only chosen when ``libnvinfer`` loads; otherwise CUDA is used with one warning. ONNX
+Runtime also silently falls back to CPU when CUDA libraries are missing, so the providers a session actually
+got are read back and a fallback is reported, not assumed away.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +22,11 @@ from segensemble.errors import SegEnsembleError
 
 log = logging.getLogger(__name__)
 
-PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
-            "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+PREFERRED = (TRT, CUDA, CPU)
+GPU_PROVIDERS = frozenset({TRT, CUDA})
+_ALIASES = {"tensorrt": TRT, "trt": TRT, "cuda": CUDA, "cpu": CPU}
+_NVINFER = ("libnvinfer.so.10", "libnvinfer.so", "nvinfer_10.dll", "nvinfer.dll")
 
 
 @dataclass(frozen=True)
@@ -30,99 +36,151 @@ class RuntimeOptions:
     providers: tuple[str, ...] | None = None
     threads: int = 0
     spin: bool = False  # ORT worker threads busy-wait between ops; measured slower here (see docs/benchmarks.md)
-    trt_cache_dir: str | None = None
+    trt_cache_dir: str | None = None  # engine + timing cache; the build directory's trt-cache/ by default
     trt_fp16: bool = False
+    # TensorRT optimization profile of the input `image`: ((N, H, W) min, opt, max); None = from the plan
+    trt_profile: tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]] | None = None
+    io_binding: bool | None = None  # None: on when a GPU provider is active (input up once, requested outputs down)
 
 
-def resolve_providers(requested: tuple[str, ...] | None) -> list[str]:
+def tensorrt_loadable() -> bool:
+    """Whether TensorRT's runtime library can be loaded (onnxruntime-gpu does not ship it)."""
+    for name in _NVINFER:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def resolve_providers(requested: tuple[str, ...] | None, available: list[str] | None = None,
+                      trt_ok=tensorrt_loadable) -> list[str]:
     """Requested providers (names or aliases) that exist here, or the preferred available ones."""
-    import onnxruntime as ort
+    if available is None:
+        import onnxruntime as ort
 
-    available = ort.get_available_providers()
+        available = ort.get_available_providers()
     if requested:
         names = [_ALIASES.get(p.lower(), p) for p in requested]
         unknown = [n for n in names if n not in available]
         if unknown:
             raise SegEnsembleError(f"execution provider(s) {unknown} not available in this onnxruntime; available: {available}")
-        return names
-    return [p for p in PREFERRED if p in available] or available
+    else:
+        names = [p for p in PREFERRED if p in available] or list(available)
+    if TRT in names and not trt_ok():
+        names = [n for n in names if n != TRT] or [CPU]
+        log.warning("TensorRT's libraries (libnvinfer) are not installed: using %s. Install TensorRT 10 to use it.", ", ".join(names))
+    return names
 
 
-def _provider_entries(names: list[str], options: RuntimeOptions) -> list:
+def _provider_entries(names: list[str], options: RuntimeOptions, profile_shapes: dict[str, str] | None) -> list:
     entries: list = []
     for name in names:
-        if name == "TensorrtExecutionProvider":
-            trt = {"trt_fp16_enable": options.trt_fp16}
+        if name == TRT:
+            trt: dict = {"trt_fp16_enable": options.trt_fp16}
             if options.trt_cache_dir:
-                trt |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": options.trt_cache_dir}
+                Path(options.trt_cache_dir).mkdir(parents=True, exist_ok=True)
+                trt |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": options.trt_cache_dir,
+                        "trt_timing_cache_enable": True, "trt_timing_cache_path": options.trt_cache_dir}
+            trt |= profile_shapes or {}
             entries.append((name, trt))
         else:
             entries.append(name)
     return entries
 
 
+def trt_profile_shapes(profile) -> dict[str, str]:
+    """TensorRT EP provider options for an (N, H, W) min/opt/max profile of the uint8 NHWC input."""
+    keys = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
+    return {k: f"image:{n}x{h}x{w}x3" for k, (n, h, w) in zip(keys, profile)}
+
+
 @dataclass
-class ModelSession:
-    """One ONNX model: runs NCHW float32 batches and knows its metadata and fixed shape, if any."""
+class GraphSession:
+    """One ensemble graph: runs uint8 NHWC batches, returning only the outputs asked for."""
 
     path: Path
     session: object
-    input_name: str
     metadata: dict[str, str]
     requested: list[str]
     active: list[str] = field(default_factory=list)
+    io_binding: bool = False
+    _local: threading.local = field(default_factory=threading.local, repr=False)
 
     @property
-    def classes(self) -> int | None:
-        value = self.metadata.get("classes")
-        return int(value) if value else None
-
-    @property
-    def fixed_hw(self) -> tuple[int, int] | None:
-        value = self.metadata.get("fixed_hw")
-        return tuple(json.loads(value)) if value else None  # type: ignore[return-value]
+    def outputs(self) -> dict:
+        return json.loads(self.metadata.get("outputs", "{}"))
 
     @property
     def fell_back(self) -> bool:
         """True when a GPU provider was asked for and ONNX Runtime quietly gave CPU instead."""
-        gpu = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
-        return bool(gpu & set(self.requested)) and not (gpu & set(self.active))
+        return bool(GPU_PROVIDERS & set(self.requested)) and not (GPU_PROVIDERS & set(self.active))
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Logits (N, C, H, W) for a normalized batch (N, 3, H, W)."""
-        fixed = self.fixed_hw
-        if fixed and tuple(batch.shape[2:]) != fixed:
-            raise SegEnsembleError(
-                f"{self.path.name}: this graph was exported for a fixed input of {fixed[0]}x{fixed[1]} "
-                f"({self.metadata.get('shape_note', 'static shape')}) but a view needs {batch.shape[2]}x{batch.shape[3]}; "
-                "use scale 1.0, the export's input_size and no H/W-swapping TTA for this member"
-            )
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+    @property
+    def device(self) -> str:
+        return "cuda" if GPU_PROVIDERS & set(self.active) else "cpu"
+
+    def run(self, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """The outputs ``names`` for a uint8 (N, H, W, 3) batch."""
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        if not self.io_binding:
+            return self.session.run(names, {"image": images})
+        return self._run_bound(images, names)
+
+    def _run_bound(self, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """IO binding: the input goes to the device once; only ``names`` come back. Bindings are kept per
+        thread and reused while the batch shape repeats (a thread's binding is not shared)."""
+        import onnxruntime as ort
+
+        key = (images.shape, tuple(names))
+        cached = getattr(self._local, "bound", None)
+        if cached is None or cached[0] != key:
+            binding = self.session.io_binding()
+            value = ort.OrtValue.ortvalue_from_shape_and_type(images.shape, np.uint8, self.device, 0)
+            binding.bind_ortvalue_input("image", value)
+            cached = self._local.bound = (key, binding, value)
+        _, binding, value = cached
+        value.update_inplace(images)
+        binding.clear_binding_outputs()
+        for name in names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
 
-def open_session(path: str | Path, options: RuntimeOptions = RuntimeOptions()) -> ModelSession:
-    """Load ``path`` with deliberate options: full graph optimization, sequential execution, set threads."""
+def session_options(options: RuntimeOptions):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # conv+bn+act fusion matters most
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # views run one after another; parallel mode only adds overhead
+    so.intra_op_num_threads = options.threads  # 0: onnxruntime picks one thread per physical core
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    # busy-waiting workers steal the cores that decoding, the HTTP loop and the other batch in flight need
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
+    return so
+
+
+def open_graph(path: str | Path, options: RuntimeOptions = RuntimeOptions(), default_profile=None) -> GraphSession:
+    """Load an ensemble graph with deliberate options on the best providers here."""
     import onnxruntime as ort
 
     path = Path(path)
     if not path.is_file():
         raise SegEnsembleError(f"{path}: ONNX file not found")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # conv+bn+act fusion matters most
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # CNNs are a chain: parallel mode only adds overhead
-    so.intra_op_num_threads = options.threads  # 0: onnxruntime picks one thread per physical core
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    # busy-waiting workers steal the cores that decoding, the HTTP loop and the other session need
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
     names = resolve_providers(options.providers)
+    profile = options.trt_profile or default_profile
+    entries = _provider_entries(names, options, trt_profile_shapes(profile) if profile and TRT in names else None)
     try:
-        session = ort.InferenceSession(str(path), sess_options=so, providers=_provider_entries(names, options))
+        session = ort.InferenceSession(str(path), sess_options=session_options(options), providers=entries)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise SegEnsembleError(f"{path}: onnxruntime cannot load this model ({str(exc).splitlines()[0][:300]})") from exc
-    meta = dict(session.get_modelmeta().custom_metadata_map)
-    ms = ModelSession(path, session, session.get_inputs()[0].name, meta, names, list(session.get_providers()))
-    if ms.fell_back:
-        log.warning("%s: asked for %s but onnxruntime is running on %s (CUDA/TensorRT libraries missing?)", path.name, names, ms.active)
-    return ms
-
+    active = list(session.get_providers())
+    on_gpu = bool(GPU_PROVIDERS & set(active))
+    graph = GraphSession(path, session, dict(session.get_modelmeta().custom_metadata_map), names, active,
+                         io_binding=on_gpu if options.io_binding is None else options.io_binding)
+    if graph.fell_back:
+        log.warning("%s: asked for %s but onnxruntime is running on %s (CUDA/cuDNN libraries missing?)", path.name, names, active)
+    return graph

@@ -1,5 +1,3 @@
-"""Torch side: PyTorch -> ONNX export with parity verification and metadata, and building a plan."""
-
-from segensemble.export.onnx_export import ExportOptions, ExportReport, export_onnx
-
-__all__ = ["ExportOptions", "ExportReport", "export_onnx"]
+"""Offline side: member export with parity (torch, ``onnx_export``), the build, and the ensemble graph
+(``graph``, onnx only) with its verification against the reference loop. Import the submodules directly:
+the runtime imports ``graph`` without pulling in torch."""

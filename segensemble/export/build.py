@@ -1,7 +1,9 @@
-"""``ensemble build``: export every plan member to ONNX (reusing earlier exports), write the manifest.
+"""``ensemble build``: export every plan member to ONNX (reusing earlier exports), write the ensemble graph
+(``ensemble.onnx``, and one per profile) verified against the reference loop, then the manifest.
 
-A build directory is self-contained: the ONNX files and manifest.json. An export is reused when the file
-already in the build directory carries the same cache key (source sha256s + every export option).
+A build directory is self-contained: the member ONNX files, the ensemble graphs and manifest.json. An export
+is reused when the file already in the build directory carries the same cache key (source sha256s + every
+export option); a graph when its members and views are unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tqdm import tqdm
 
 from segensemble.errors import PlanError
 from segensemble.export.onnx_export import OPSET, ExportOptions, export_onnx
+from segensemble.export.verify_graph import write_graphs
 from segensemble.images import list_images
 from segensemble.manifest import Manifest, MemberEntry, ModelEntry
 from segensemble.models.checkpoints import PartialSpec, file_sha256, load_checkpoint
@@ -64,8 +67,22 @@ def build(plan: Plan, out_dir: str | Path, *, providers: list[str] | None = None
         cost=_cost(members), plan=str(plan.path) if plan.path else None,
         profiles={k: v.model_dump(exclude_none=True) for k, v in plan.profiles.items()},
     )
+    say = (lambda text: None) if quiet else (lambda text: tqdm.write(text))
+    graphs = write_graphs(manifest, out, _previous(out), progress=say)
+    manifest = manifest.model_copy(update={"graphs": graphs})
     manifest.write(out)
     return BuildResult(manifest, out, reused, exported, notes)
+
+
+def _previous(out: Path) -> Manifest | None:
+    """The manifest an earlier build left here, if it is readable (its graphs may be reused)."""
+    from segensemble.errors import SegEnsembleError
+    from segensemble.manifest import read_manifest
+
+    try:
+        return read_manifest(out)
+    except SegEnsembleError:
+        return None
 
 
 def _providers() -> list[str]:
@@ -149,7 +166,7 @@ def _entry_from_metadata(target: Path, meta: dict[str, str], out: Path) -> Model
 
 
 def _copy_onnx(plan: Plan, where: str, member: MemberSpec, out: Path) -> ModelEntry:
-    from segensemble.ensemble.sessions import open_session
+    import onnxruntime as ort
 
     src = Path(member.sources[0])
     if not src.is_file():
@@ -159,12 +176,17 @@ def _copy_onnx(plan: Plan, where: str, member: MemberSpec, out: Path) -> ModelEn
         tmp = target.with_name(target.name + ".tmp")
         shutil.copyfile(src, tmp)
         tmp.replace(target)
-    session = open_session(target)
-    probe = session.fixed_hw or (2 * member.stride, 2 * member.stride)
-    classes = session.run(np.zeros((1, member.in_channels, *probe), np.float32)).shape[1]
+    try:
+        session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise PlanError(f"{where}.onnx: onnxruntime cannot load {src} ({str(exc).splitlines()[0][:300]})") from exc
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    probe = json.loads(metadata["fixed_hw"]) if metadata.get("fixed_hw") else (2 * member.stride, 2 * member.stride)
+    feed = {session.get_inputs()[0].name: np.zeros((1, member.in_channels, *probe), np.float32)}
+    classes = session.run(None, feed)[0].shape[1]
     if classes != len(plan.classes):
         raise PlanError(f"{where}.onnx: {src} outputs {classes} classes but the plan lists {len(plan.classes)}")
-    entry = _entry_from_metadata(target, session.metadata, out)
+    entry = _entry_from_metadata(target, metadata, out)
     return entry.model_copy(update={"sources": [str(src)], "sha256": file_sha256(src), "form": "onnx"})
 
 

@@ -1,18 +1,21 @@
-"""``ensemble export-triton``: a Triton Inference Server model repository for a build.
+"""``ensemble export-triton``: a Triton Inference Server model repository serving the build's ensemble graph.
 
 Layout::
 
-    REPO/<member>_<k>/config.pbtxt + 1/model.onnx   every member graph (logits), dynamic H/W
-    REPO/segensemble/config.pbtxt  + 1/model.onnx   the fused ensemble (probs + labels) at a fixed H x W
+    REPO/segensemble/config.pbtxt + 1/model.onnx            ensemble.onnx: uint8 images in, labels/probs out
+    REPO/segensemble_<profile>/config.pbtxt + 1/model.onnx  each profile's graph
 
-Each config uses the ONNX Runtime backend with dynamic batching and a bounded, rejecting queue policy,
-the TensorRT accelerator in FP16 on GPU instances, and a zero-input warm-up. Configs are validated by
-parsing them into Triton's own ``ModelConfig`` protobuf (from ``tritonclient``) when it is installed,
-else by a structural check of the fields this writer emits.
+Every model takes any image size (H and W are dynamic; Triton batches requests of equal shape together).
+Each config uses the ONNX Runtime backend with dynamic batching and a bounded, rejecting queue policy, the
+TensorRT accelerator on GPU instances (FP32 unless asked for FP16), and a warm-up. Configs are validated by
+parsing them into Triton's own ``ModelConfig`` protobuf (from ``tritonclient``) when it is installed, else
+by a structural check. The repository is written into a temporary folder beside the target and renamed,
+so a failed export leaves no half-written repository.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -29,7 +32,11 @@ class TritonOptions:
     queue_delay_us: int = 2000
     max_queue: int = 64
     timeout_us: int = 30_000_000
-    fp16: bool = True
+    fp16: bool = False
+
+
+_ONNX_TO_TRITON = {"tensor(uint8)": "TYPE_UINT8", "tensor(float)": "TYPE_FP32", "tensor(int32)": "TYPE_INT32"}
+WARMUP_HW = (64, 64)
 
 
 def _tensor(name: str, dtype: str, dims: list[int]) -> str:
@@ -62,7 +69,7 @@ def model_config(name: str, inputs: list[tuple[str, str, list[int]]], outputs: l
         f"    max_queue_size: {opts.max_queue}\n  }}\n}}\n"
         f"{accel}"
         "model_warmup [ {\n  name: \"zeros\"\n  batch_size: 1\n"
-        f'  inputs {{\n    key: "{inputs[0][0]}"\n    value {{\n      data_type: TYPE_FP32\n'
+        f'  inputs {{\n    key: "{inputs[0][0]}"\n    value {{\n      data_type: {inputs[0][1]}\n'
         f"      dims: [ {', '.join(map(str, warmup_dims))} ]\n      zero_data: true\n    }}\n  }}\n}} ]\n"
     )
 
@@ -95,45 +102,51 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
 
 
-def export_triton(build_dir: str | Path, repo: str | Path, opts: TritonOptions = TritonOptions(),
-                  fused_hw: tuple[int, int] | None = None) -> list[Path]:
-    """Write the repository; returns the config files written (each validated)."""
-    from segensemble.export.fuse import fuse
-
+def export_triton(build_dir: str | Path, repo: str | Path, opts: TritonOptions = TritonOptions()) -> list[Path]:
+    """Write the repository (atomically); returns the config files written (each validated)."""
     build_dir, repo = Path(build_dir), Path(repo)
     manifest = read_manifest(build_dir)
-    classes = len(manifest.classes)
-    written = []
-    for member in manifest.members:
-        for k, entry in enumerate(member.models):
-            name = _safe(f"{member.name}_{k}")
-            hw = list(entry.fixed_hw) if entry.fixed_hw else [-1, -1]
-            warm = list(entry.fixed_hw or member.input_size or (2 * member.stride, 2 * member.stride))
-            text = model_config(name, [("image", "TYPE_FP32", [3, *hw])], [("logits", "TYPE_FP32", [classes, *hw])], [3, *warm], opts)
-            written.append(_write_model(repo / name, text, build_dir / entry.file))
-    hw = fused_hw or common_input_size(manifest)
-    fused = build_dir / f"fused_{hw[0]}x{hw[1]}.onnx"
-    if not fused.exists():
-        fuse(manifest, build_dir, hw, fused)
-    text = model_config("segensemble", [("image", "TYPE_FP32", [3, *hw])],
-                        [("probs", "TYPE_FP32", [classes, *hw]), ("labels", "TYPE_INT64", list(hw))], [3, *hw], opts)
-    written.append(_write_model(repo / "segensemble", text, fused))
-    return written
+    staging = repo.with_name(f".{repo.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        written = []
+        for profile in [None, *manifest.profiles]:
+            name = "segensemble" if profile is None else _safe(f"segensemble_{profile}")
+            graph = build_dir / manifest.graph_entry(profile).file
+            if not graph.is_file():
+                raise SegEnsembleError(f"{graph}: the build's ensemble graph is missing; rerun `ensemble build plan.yaml -o {build_dir}`")
+            written.append(_write_model(staging / name, _graph_config(name, graph, opts), graph))
+        _replace_folder(staging, repo)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [repo / p.relative_to(staging) for p in written]
 
 
-def common_input_size(manifest) -> tuple[int, int]:
-    sizes = {tuple(m.input_size) for m in manifest.members if m.input_size}
-    if len(sizes) != 1:
-        raise SegEnsembleError(f"the fused graph needs one image size; members have input sizes {sorted(sizes) or 'none'}: "
-                               "give --size H W")
-    return sizes.pop()
+def _graph_config(name: str, graph: Path, opts: TritonOptions) -> str:
+    """config.pbtxt for an ensemble graph, its tensors read from the graph itself (batch dimension implicit)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    def tensors(items):
+        return [(t.name, _ONNX_TO_TRITON[t.type], [-1 if not isinstance(d, int) else d for d in t.shape[1:]]) for t in items]
+    return model_config(name, tensors(session.get_inputs()), tensors(session.get_outputs()), [*WARMUP_HW, 3], opts)
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Swap a finished folder into place; an existing target is moved aside first and removed after."""
+    old = target.with_name(f".{target.name}.old{os.getpid()}")
+    if target.exists():
+        target.replace(old)
+    staging.replace(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_model(folder: Path, config: str, onnx_file: Path) -> Path:
     check = validate_config(config, str(folder))
     (folder / "1").mkdir(parents=True, exist_ok=True)
-    tmp = folder / "1" / "model.onnx.tmp"
-    shutil.copyfile(onnx_file, tmp)
-    tmp.replace(folder / "1" / "model.onnx")
+    shutil.copyfile(onnx_file, folder / "1" / "model.onnx")
+    data = onnx_file.with_name(onnx_file.name + ".data")
+    if data.exists():  # weights past protobuf's limit live beside the graph under this name
+        shutil.copyfile(data, folder / "1" / data.name)
     (folder / "config.pbtxt").write_text(f"# segensemble export-triton; validated: {check}\n" + config)
     return folder / "config.pbtxt"

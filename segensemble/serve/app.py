@@ -28,14 +28,15 @@ def create_app(settings: ServeSettings):
         state = app.state
         state.ready = False
         state.metrics = Metrics.create()
-        state.engine = Engine.from_build(settings.build_dir, RuntimeOptions(settings.providers, settings.threads), settings.max_batch)
-        state.engine.predict([np.zeros((64, 64, 3), np.uint8)])  # warm-up: first ORT runs allocate and tune
-        # one batcher per profile: requests are only grouped with requests for the same views
-        state.batchers = {
-            name: Batcher(state.engine.with_profile(name), settings.max_batch, settings.batch_window_ms / 1000,
-                          settings.max_queue, on_batch=state.metrics.batch_size.observe, workers=settings.workers)
-            for name in [None, *state.engine.manifest.profiles]
-        }
+        options = RuntimeOptions(settings.providers, settings.threads, trt_fp16=settings.trt_fp16)
+        state.engine = Engine.from_build(settings.build_dir, options, settings.max_batch)
+        # one batcher per profile (each its own graph): requests are only grouped with requests for the same views
+        state.batchers = {}
+        for name in [None, *state.engine.manifest.profiles]:
+            engine = state.engine.with_profile(name)
+            engine.predict([np.zeros((64, 64, 3), np.uint8)])  # warm-up: first ORT runs allocate and tune
+            state.batchers[name] = Batcher(engine, settings.max_batch, settings.batch_window_ms / 1000, settings.max_queue,
+                                           on_batch=state.metrics.batch_size.observe, workers=settings.workers)
         for batcher in state.batchers.values():
             batcher.start()
         state.ready = True

@@ -1,4 +1,5 @@
-"""Micro-batching: concurrent requests are grouped into one engine call, off the event loop.
+"""Micro-batching: concurrent requests are grouped into one engine call, off the event loop; the engine
+runs the graph once per group of same-size images, asking for the outputs any request of the batch needs.
 
 The queue is bounded (``QueueFull`` past it) and every item carries a deadline: an item whose deadline has
 passed before it runs is answered with ``DeadlineExceeded`` and costs no compute. If a batch fails as a
@@ -26,6 +27,7 @@ class DeadlineExceeded(Exception):
 @dataclass
 class _Item:
     image: np.ndarray
+    want: frozenset
     deadline: float
     future: asyncio.Future = field(repr=False)
 
@@ -56,10 +58,10 @@ class Batcher:
             self._task.cancel()
         self._executor.shutdown(wait=True)
 
-    async def submit(self, image: np.ndarray, timeout_s: float):
+    async def submit(self, image: np.ndarray, want: frozenset, timeout_s: float):
         if self._queue.qsize() >= self.max_queue:
             raise QueueFull()
-        item = _Item(image, time.monotonic() + timeout_s, asyncio.get_running_loop().create_future())
+        item = _Item(image, want, time.monotonic() + timeout_s, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(item)
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
@@ -101,22 +103,23 @@ class Batcher:
 
     async def _run(self, live: list[_Item]) -> None:
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, [i.image for i in live])
+            want = frozenset().union(*(i.want for i in live))
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, [i.image for i in live], want)
             for item, result in zip(live, results):
                 _settle(item, result=result)
         finally:
             self.in_flight -= len(live)
             self._slots.release()
 
-    def _predict(self, images: list[np.ndarray]) -> list:
+    def _predict(self, images: list[np.ndarray], want: frozenset) -> list:
         try:
-            return self.engine.predict(images)
+            return self.engine.predict(images, want)
         except Exception:
-            return [self._one(img) for img in images]
+            return [self._one(img, want) for img in images]
 
-    def _one(self, image: np.ndarray):
+    def _one(self, image: np.ndarray, want: frozenset):
         try:
-            return self.engine.predict([image])[0]
+            return self.engine.predict([image], want)[0]
         except Exception as exc:  # handed to that request only
             return exc
 

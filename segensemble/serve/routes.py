@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from segensemble.ensemble.engine import LABELS, PROBS, Want
 from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.images import decode_image
 from segensemble.outputs.coco import class_rles
@@ -19,6 +20,7 @@ from segensemble.serve.schemas import ErrorBody, Ready, SegmentJson
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+_WANT = {"png": Want({LABELS}), "json": Want({LABELS, PROBS}), "probs": Want({PROBS})}  # graph outputs each format needs
 
 Format = Annotated[Literal["png", "json", "probs"], Query(
     description="png: the label map as a PNG (uint8 class ids, default); json: per-class COCO RLE with class name, "
@@ -56,7 +58,7 @@ async def readyz(request: Request, response: Response) -> Ready:
     response.status_code = 200 if ready else 503
     return Ready(
         ready=ready, providers=engine.active_providers if engine else [],
-        requested_providers=sorted({p for m in engine.members for s in m.sessions for p in s.requested}) if engine else [],
+        requested_providers=list(engine.graph.requested) if engine else [],
         fell_back_to_cpu=engine.fell_back if engine else False, members=len(engine.members) if engine else 0,
         forward_passes_per_image=engine.forward_passes if engine else 0,
         profiles={name: state.batchers[name].engine.forward_passes for name in getattr(state, "batchers", {}) if name},
@@ -85,7 +87,7 @@ async def segment(request: Request, format: Format = "png", profile: Profile = N
             image = await run_in_threadpool(decode_image, data, source, settings.max_pixels)
         except ImageError as exc:
             raise HTTPException(422, f"{source}: {exc.reason}") from None
-        prediction = await _run(state, settings, batcher, image)
+        prediction = await _run(state, settings, batcher, image, _WANT[format])
         response = await run_in_threadpool(_render, prediction, format, state.engine.classes)
         status = 200
         return response
@@ -97,11 +99,11 @@ async def segment(request: Request, format: Format = "png", profile: Profile = N
         state.metrics.latency.observe(time.perf_counter() - started)
 
 
-async def _run(state, settings, batcher, image):
+async def _run(state, settings, batcher, image, want):
     """The batched engine call, its failures turned into the conventional statuses."""
     state.metrics.queue_depth.set(batcher.depth + 1)
     try:
-        return await batcher.submit(image, settings.timeout_s)
+        return await batcher.submit(image, want, settings.timeout_s)
     except QueueFull:
         raise HTTPException(503, f"queue full ({settings.max_queue} waiting); retry later",
                             headers={"Retry-After": str(settings.retry_after_s)}) from None
@@ -117,11 +119,11 @@ async def _run(state, settings, batcher, image):
 
 
 def _render(prediction, fmt: str, classes: list[str]) -> Response:
-    labels = prediction.labels
     if fmt == "png":
-        return Response(encode_png(labels), media_type="image/png")
+        return Response(encode_png(prediction.labels), media_type="image/png")
     if fmt == "probs":
         return Response(encode_probs(prediction.probs), media_type="application/octet-stream",
                         headers={"Content-Disposition": 'attachment; filename="probs.npz"'})
+    labels = prediction.labels
     body = SegmentJson(width=int(labels.shape[1]), height=int(labels.shape[0]), classes=class_rles(labels, classes, prediction.probs))
     return Response(body.model_dump_json(), media_type="application/json")

@@ -17,6 +17,7 @@ class ServeSettings(BaseModel):
     build_dir: Path
     providers: tuple[str, ...] | None = None
     threads: int = 0
+    trt_fp16: bool = False
     max_batch: int = Field(8, ge=1, description="most images grouped into one engine call")
     batch_window_ms: float = Field(5.0, ge=0, description="how long the first request of a batch waits for company")
     max_queue: int = Field(64, ge=1, description="requests waiting for the engine beyond this get 503")

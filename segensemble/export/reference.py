@@ -1,0 +1,81 @@
+"""The oracle: the ensemble's semantics as a plain loop, to verify ``ensemble.onnx`` against.
+
+View by view, batch 1, float64 numpy, a bilinear resize written out here (independent of cv2 and of ONNX's
+Resize), each member file run alone in ONNX Runtime on CPU. Slow on purpose: it is the definition, not a
+runtime. ``ensemble build`` checks the graph against it on a few image sizes and the tests do the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from segensemble.ensemble.views import TTA
+from segensemble.manifest import Manifest
+
+
+def bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Half-pixel-centre bilinear resize of (H, W, C), edges clamped, no antialias (cv2 INTER_LINEAR)."""
+    h, w = x.shape[:2]
+
+    def axis(n_out, n_in):
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+        lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        frac = np.where(lo >= n_in - 1, 0.0, src - lo)
+        return lo, hi, frac
+
+    y0, y1, fy = axis(out_h, h)
+    x0, x1, fx = axis(out_w, w)
+    x = x.astype(np.float64)
+    top = x[y0][:, x0] * (1 - fx)[None, :, None] + x[y0][:, x1] * fx[None, :, None]
+    bottom = x[y1][:, x0] * (1 - fx)[None, :, None] + x[y1][:, x1] * fx[None, :, None]
+    return top * (1 - fy)[:, None, None] + bottom * fy[:, None, None]
+
+
+class Reference:
+    """Plain-loop ensemble probabilities of one image; member sessions opened once per file."""
+
+    def __init__(self, build_dir: str | Path):
+        self.build_dir = Path(build_dir)
+        self._sessions: dict[str, object] = {}
+
+    def _session(self, file: str):
+        import onnxruntime as ort
+
+        if file not in self._sessions:
+            self._sessions[file] = ort.InferenceSession(str(self.build_dir / file), providers=["CPUExecutionProvider"])
+        return self._sessions[file]
+
+    def views(self, manifest: Manifest, image: np.ndarray):
+        """Yield (member index, model index, scale, tta, (C, H, W) float64 probabilities at the image's size)."""
+        H, W = image.shape[:2]
+        for mi, m in enumerate(manifest.members):
+            for k, model in enumerate(m.models):
+                session = self._session(model.file)
+                name = session.get_inputs()[0].name
+                for s in m.scales:
+                    bh, bw = m.input_size or (H, W)
+                    h, w = max(1, int(np.floor(bh * s + 0.5))), max(1, int(np.floor(bw * s + 0.5)))
+                    x = bilinear(image.astype(np.float64), h, w)
+                    x = (x / 255.0 - np.array(m.mean)) / np.array(m.std)
+                    ph, pw = -(-h // m.stride) * m.stride, -(-w // m.stride) * m.stride
+                    padded = np.zeros((3, ph, pw))
+                    padded[:, :h, :w] = x.transpose(2, 0, 1)
+                    for t in m.tta:
+                        x_t = np.ascontiguousarray(TTA[t].augment(padded))[None].astype(np.float32)
+                        logits = TTA[t].deaugment(session.run(None, {name: x_t})[0][0].astype(np.float64))[:, :h, :w]
+                        e = np.exp(logits - logits.max(0))
+                        p = e / e.sum(0)
+                        yield mi, k, s, t, bilinear(p.transpose(1, 2, 0), H, W).transpose(2, 0, 1)
+
+    def predict(self, manifest: Manifest, image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(ensemble probabilities, {member name: member probabilities}), each (C, H, W) float64."""
+        sums: dict[int, np.ndarray] = {}
+        for mi, _, _, _, p in self.views(manifest, image):
+            sums[mi] = sums.get(mi, 0) + p
+        members = {m.name: sums[i] / m.views for i, m in enumerate(manifest.members)}
+        weights = [m.weight for m in manifest.members]
+        total = sum(w * members[m.name] for w, m in zip(weights, manifest.members)) / sum(weights)
+        return total, members

@@ -1,0 +1,97 @@
+"""Write a build's ensemble graphs (the whole plan and each profile) and verify each against the oracle.
+
+Verification runs the graph in ONNX Runtime (CPU) and the plain reference loop (``reference.py``) on smooth
+random images of several sizes: square, non-square, and sizes that are not multiples of the stride, plus a
+batch of two. The graph must match to ``MAX_ABS_PROB`` in every output (ensemble and members), and its labels
+must equal the reference argmax wherever the reference's top-two margin exceeds twice that tolerance (closer
+ties may flip legitimately at float32 precision). An unchanged graph (same cache key) is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from segensemble.errors import ExportError
+from segensemble.export.graph import GRAPH_FORMAT, build_graph, member_output, profile_file
+from segensemble.export.reference import Reference, bilinear
+from segensemble.manifest import GraphEntry, Manifest
+from segensemble.models.checkpoints import file_sha256
+
+MAX_ABS_PROB = 1e-4
+
+
+def verification_sizes(manifest: Manifest) -> list[tuple[int, int]]:
+    """Square, non-square and odd sizes around twice the largest stride (members without input_size run at them)."""
+    s = max(m.stride for m in manifest.members)
+    return [(2 * s, 2 * s), (2 * s + 7, 3 * s - 5), (s + 1, 2 * s + 3)]
+
+
+def smooth_image(hw: tuple[int, int], seed: int) -> np.ndarray:
+    """Low-frequency random RGB: image-like regions, so predictions are not all near-ties."""
+    coarse = np.random.default_rng(seed).uniform(0, 255, (max(2, hw[0] // 8), max(2, hw[1] // 8), 3))
+    return np.clip(bilinear(coarse, *hw), 0, 255).astype(np.uint8)
+
+
+def write_graphs(manifest: Manifest, build_dir: Path, previous: Manifest | None = None, progress=print) -> dict[str, GraphEntry]:
+    """Every graph of the build, verified; reuses a previous build's graph whose cache key and file match."""
+    reference = None
+    entries = {}
+    for profile in [None, *manifest.profiles]:
+        key = _cache_key(manifest, profile)
+        target = build_dir / profile_file(profile)
+        old = (previous.graphs.get(profile or "") if previous else None)
+        if old and old.cache_key == key and target.is_file() and file_sha256(target) == old.sha256:
+            entries[profile or ""] = old
+            continue
+        progress(f"graph: writing {target.name} ({'profile ' + profile if profile else 'the whole plan'}) and verifying it")
+        build_graph(manifest, build_dir, target, profile=profile, cache_key=key)
+        reference = reference or Reference(build_dir)
+        figures = verify(target, manifest.profile(profile), reference)
+        entries[profile or ""] = GraphEntry(file=target.name, sha256=file_sha256(target), cache_key=key, verified=figures)
+    return entries
+
+
+def verify(graph: Path, manifest: Manifest, reference: Reference) -> dict:
+    """The graph vs the oracle on ``verification_sizes``; raises ExportError with the figures on disagreement."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    worst, agree, sizes = 0.0, 1.0, verification_sizes(manifest)
+    names = ["labels", "probs", *[member_output(m.name) for m in manifest.members]]
+    for i, hw in enumerate(sizes):
+        batch = np.stack([smooth_image(hw, 2 * i + j) for j in range(2 if i == 0 else 1)])
+        got = dict(zip(names, session.run(names, {"image": batch})))
+        for n, image in enumerate(batch):
+            want, members = reference.predict(manifest, image)
+            diffs = [np.abs(got["probs"][n] - want).max()] + [np.abs(got[member_output(k)][n] - v).max() for k, v in members.items()]
+            worst = max(worst, float(max(diffs)))
+            top2 = np.sort(want, axis=0)[-2:]
+            clear = (top2[1] - top2[0]) > 2 * MAX_ABS_PROB
+            agree = min(agree, float((got["labels"][n] == want.argmax(0))[clear].mean()) if clear.any() else 1.0)
+    figures = {"max_abs_prob": worst, "labels_agree": agree, "sizes": [list(s) for s in sizes], "batch": 2}
+    if worst > MAX_ABS_PROB or agree < 1.0:
+        raise ExportError(f"{graph}: the ensemble graph disagrees with the reference loop: max |ΔP| {worst:.2e} "
+                          f"(allowed {MAX_ABS_PROB:g}), labels agree on {agree:.4%} of clear pixels; sizes {sizes}")
+    return figures
+
+
+def _cache_key(manifest: Manifest, profile: str | None) -> str:
+    m = manifest.profile(profile)
+    fields = {"format": GRAPH_FORMAT, "classes": m.classes, "profile": profile,
+              "members": [member.model_dump(mode="json") for member in m.members]}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def describe(entries: dict[str, GraphEntry]) -> list[str]:
+    """One line per graph: file and verification figures."""
+    lines = []
+    for name, e in entries.items():
+        v = e.verified
+        sizes = ", ".join(f"{h}x{w}" for h, w in v["sizes"])
+        lines.append(f"{e.file}{' (profile ' + name + ')' if name else ''}: vs reference loop max |ΔP| {v['max_abs_prob']:.1e}, "
+                     f"labels {v['labels_agree']:.2%} of clear pixels, at {sizes} and a batch of {v['batch']}")
+    return lines
