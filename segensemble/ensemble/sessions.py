@@ -10,6 +10,7 @@ got are read back and a fallback is reported, not assumed away.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 import threading
@@ -27,6 +28,7 @@ PREFERRED = (TRT, CUDA, CPU)
 GPU_PROVIDERS = frozenset({TRT, CUDA})
 _ALIASES = {"tensorrt": TRT, "trt": TRT, "cuda": CUDA, "cpu": CPU}
 _NVINFER = ("libnvinfer.so.10", "libnvinfer.so", "nvinfer_10.dll", "nvinfer.dll")
+_warned_trt = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class RuntimeOptions:
     io_binding: bool | None = None  # None: on when a GPU provider is active (input up once, requested outputs down)
 
 
+@functools.cache
 def tensorrt_loadable() -> bool:
     """Whether TensorRT's runtime library can be loaded (onnxruntime-gpu does not ship it)."""
     for name in _NVINFER:
@@ -70,7 +73,9 @@ def resolve_providers(requested: tuple[str, ...] | None, available: list[str] | 
         names = [p for p in PREFERRED if p in available] or list(available)
     if TRT in names and not trt_ok():
         names = [n for n in names if n != TRT] or [CPU]
-        log.warning("TensorRT's libraries (libnvinfer) are not installed: using %s. Install TensorRT 10 to use it.", ", ".join(names))
+        if not _warned_trt.is_set():  # once per process, however many graphs open
+            _warned_trt.set()
+            log.warning("TensorRT's libraries (libnvinfer) are not installed: using %s. Install TensorRT 10 to use it.", ", ".join(names))
     return names
 
 
