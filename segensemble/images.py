@@ -7,6 +7,7 @@ Decoding goes through Pillow so the pixel count is known from the header before 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,28 +42,50 @@ def list_images(root: str | Path) -> list[ImageRef]:
     return refs
 
 
-def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+Admit = Callable[[tuple[int, int]], None]  # sees (H, W) from the header, raises ImageError to refuse
+
+
+def read_image(path: str | Path, max_pixels: int | None = None, admit: Admit | None = None) -> np.ndarray:
     """Read a file as RGB uint8 (H, W, 3)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ImageError(str(path), f"cannot read ({exc.strerror or exc})") from exc
-    return decode_image(data, str(path), max_pixels)
+    return decode_image(data, str(path), max_pixels, admit)
 
 
-def decode_image(data: bytes, source: str, max_pixels: int | None = None) -> np.ndarray:
-    """Decode encoded bytes as RGB uint8 (H, W, 3); 16-bit, grayscale, palette, RGBA and CMYK are converted."""
+def header_size(data: bytes, source: str) -> tuple[int, int]:
+    """(H, W) from the image header alone, no pixel decoded."""
+    return _open_checked(data, source, lambda img: (img.size[1], img.size[0]))
+
+
+def decode_image(data: bytes, source: str, max_pixels: int | None = None, admit: Admit | None = None) -> np.ndarray:
+    """Decode encoded bytes as RGB uint8 (H, W, 3); 16-bit, grayscale, palette, RGBA and CMYK are converted.
+
+    The pixel limit and ``admit`` (e.g. the ensemble's cost budget) are checked from the header, before
+    any pixel is decoded."""
+
+    def load(img):
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageError(source, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}")
+        if admit is not None:
+            admit((height, width))
+        img.load()
+        return _to_rgb(img, source)
+
+    return _open_checked(data, source, load)
+
+
+def _open_checked(data: bytes, source: str, use):
+    """Open ``data`` with Pillow and hand the image to ``use``; Pillow's failures become ImageError."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise ImageError(source, "empty file")
     try:
         with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise ImageError(source, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}")
-            img.load()
-            return _to_rgb(img, source)
+            return use(img)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:

@@ -50,6 +50,10 @@ class MemberEntry(BaseModel):
     models: list[ModelEntry]
 
     @property
+    def model_count(self) -> int:
+        return len(self.models)
+
+    @property
     def views(self) -> int:
         return len(self.models) * len(self.scales) * len(self.tta)
 
@@ -103,6 +107,26 @@ class Manifest(BaseModel):
         tmp = target.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2))
         tmp.replace(target)
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 already checked in this process
+
+
+def verify_file(build_dir: Path, file: str, sha256: str) -> Path:
+    """The build's ``file``, checked against the sha256 the manifest recorded (once per file and version)."""
+    from segensemble.models.checkpoints import file_sha256
+
+    path = Path(build_dir) / file
+    if not path.is_file():
+        raise SegEnsembleError(f"{path}: listed in {MANIFEST_NAME} but missing; rerun `ensemble build plan.yaml -o {build_dir}`")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = file_sha256(path)
+    if _VERIFIED[key] != sha256:
+        raise SegEnsembleError(f"{path}: its sha256 differs from the one {MANIFEST_NAME} recorded (the file was replaced or "
+                               f"damaged after the build); rerun `ensemble build plan.yaml -o {build_dir}`")
+    return path
 
 
 def read_manifest(build_dir: str | Path) -> Manifest:

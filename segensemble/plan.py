@@ -2,7 +2,9 @@
 
 Every error names the YAML path of the bad field and what was expected, e.g.
 ``members[2].scales[1]: must be > 0``. Fields under ``defaults`` apply to every member that does not set
-them. Relative paths resolve against the plan file's folder.
+them. Relative paths resolve against the plan file's folder. Plans are untrusted input: numbers must be
+finite and within the bounds below, and a YAML document whose aliases would expand past
+``MAX_YAML_NODES`` (a "billion laughs") is refused before anything is built from it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,22 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from segensemble.cost import Budget, image_cost
 from segensemble.errors import PlanError
+
+# bounds on what a plan may ask for: far past any real ensemble, short of what exhausts a machine
+MAX_PLAN_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+MAX_CLASSES = 4096
+MAX_MEMBERS = 256
+MAX_MODELS_PER_MEMBER = 64
+MAX_VIEWS = 4096  # forward passes per image, all members together
+MAX_SCALE = 8.0
+MAX_SIDE = 16384  # input_size, pixels per side
+MAX_STRIDE = 1024
+MAX_IN_CHANNELS = 64
+MAX_WEIGHT = 1e6
+PLAN_BUDGET = Budget(max_megapixel_views=1024.0, max_memory_mb=65536.0)  # for the members whose size is fixed by the plan
 
 TtaName = Literal["identity", "hflip", "vflip", "rot90", "rot270", "transpose"]
 SOURCES = ("checkpoint", "folds", "epochs", "swa", "onnx")
@@ -24,23 +41,23 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ViewOptions(BaseModel):
     """Member fields that may also be set once under ``defaults``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # architecture (checkpoint members; smp directories and ONNX files carry their own)
     arch: str | None = None
     encoder: str | None = None
-    in_channels: int = Field(3, ge=1)
+    in_channels: int = Field(3, ge=1, le=MAX_IN_CHANNELS)
     model_kwargs: dict = Field(default_factory=dict, description="extra smp constructor arguments, e.g. decoder_channels")
     trust_pickle: bool = False
     # preprocessing
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    stride: int = Field(32, ge=1)
+    stride: int = Field(32, ge=1, le=MAX_STRIDE)
     input_size: tuple[int, int] | None = None
     # views and voting
-    scales: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0], min_length=1)
+    scales: list[Annotated[float, Field(gt=0, le=MAX_SCALE)]] = Field(default_factory=lambda: [1.0], min_length=1, max_length=64)
     tta: list[TtaName] = Field(default_factory=lambda: ["identity"], min_length=1)
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, gt=0, le=MAX_WEIGHT)
     bn_images: str | None = None
 
     @field_validator("std")
@@ -53,8 +70,8 @@ class ViewOptions(BaseModel):
     @field_validator("input_size")
     @classmethod
     def _size_positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
-        if v is not None and (v[0] < 1 or v[1] < 1):
-            raise ValueError("must be [height, width] with both > 0, or null for the image's own size")
+        if v is not None and not (1 <= v[0] <= MAX_SIDE and 1 <= v[1] <= MAX_SIDE):
+            raise ValueError(f"must be [height, width] with both in 1..{MAX_SIDE}, or null for the image's own size")
         return v
 
     @field_validator("scales")
@@ -75,11 +92,11 @@ class ViewOptions(BaseModel):
 class MemberSpec(ViewOptions):
     """One plan entry: a source along one axis, plus its view options and weight."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=200)
     checkpoint: str | None = None
-    folds: list[str] | None = Field(None, min_length=1)
-    epochs: list[str] | None = Field(None, min_length=1)
-    swa: list[str] | None = Field(None, min_length=2)
+    folds: list[str] | None = Field(None, min_length=1, max_length=MAX_MODELS_PER_MEMBER)
+    epochs: list[str] | None = Field(None, min_length=1, max_length=MAX_MODELS_PER_MEMBER)
+    swa: list[str] | None = Field(None, min_length=2, max_length=MAX_MODELS_PER_MEMBER)
     onnx: str | None = None
 
     @model_validator(mode="after")
@@ -101,14 +118,19 @@ class MemberSpec(ViewOptions):
         return list(value) if isinstance(value, list) else [value]
 
     @property
-    def views_per_model(self) -> int:
-        return len(self.scales) * len(self.tta)
+    def model_count(self) -> int:
+        """ONNX models this member becomes (SWA averages its checkpoints into one)."""
+        return 1 if self.axis == "swa" else len(self.sources)
+
+    @property
+    def views(self) -> int:
+        return self.model_count * len(self.scales) * len(self.tta)
 
 
 class Profile(BaseModel):
     """A lighter named subset of the ensemble (e.g. for serving): members kept, and TTA/scales restricted."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     members: list[str] | None = Field(None, min_length=1, description="member names kept (default: all)")
     tta: list[TtaName] | None = Field(None, min_length=1, description="TTA views kept, where a member has them")
@@ -116,12 +138,12 @@ class Profile(BaseModel):
 
 
 class Plan(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    classes: list[str] = Field(min_length=1)
+    classes: list[str] = Field(min_length=1, max_length=MAX_CLASSES)
     defaults: ViewOptions = Field(default_factory=ViewOptions)
-    members: list[MemberSpec] = Field(min_length=1)
-    profiles: dict[str, Profile] = Field(default_factory=dict)
+    members: list[MemberSpec] = Field(min_length=1, max_length=MAX_MEMBERS)
+    profiles: dict[str, Profile] = Field(default_factory=dict, max_length=64)
     path: Path | None = None  # the plan file; relative sources were resolved against its folder
 
 
@@ -129,12 +151,51 @@ def load_plan(path: str | Path) -> Plan:
     """Read, validate and resolve a plan file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_PLAN_BYTES:
+            raise PlanError(f"{path}: {path.stat().st_size} bytes; a plan may be at most {MAX_PLAN_BYTES} bytes")
+        raw = load_yaml(path.read_text(), str(path))
     except OSError as exc:
         raise PlanError(f"{path}: cannot read plan ({exc.strerror or exc})") from exc
-    except yaml.YAMLError as exc:
-        raise PlanError(f"{path}: not valid YAML ({exc})") from exc
     return parse_plan(raw, base_dir=path.parent, source=path)
+
+
+def load_yaml(text: str, where: str):
+    """yaml.safe_load that refuses documents whose aliases expand past MAX_YAML_NODES or refer to themselves."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set(), where)
+        if size > MAX_YAML_NODES:
+            raise PlanError(f"{where}: the YAML expands to {size} nodes through its aliases (limit {MAX_YAML_NODES}); "
+                            "refused as an alias bomb")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise PlanError(f"{where}: not valid YAML ({exc})") from exc
+    except RecursionError:
+        raise PlanError(f"{where}: the YAML is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node, memo: dict, open_: set, where: str) -> int:
+    """Nodes in the document once every alias is expanded, counted without expanding (aliases share nodes)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in open_:
+        raise PlanError(f"{where}: a YAML alias refers to a node that contains it (line {node.start_mark.line + 1})")
+    open_.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo, open_, where) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo, open_, where) + _expanded_size(v, memo, open_, where) for k, v in node.value)
+    else:
+        size = 1
+    open_.discard(key)
+    memo[key] = min(size, MAX_YAML_NODES + 1)  # no need to count further, and no huge integers
+    return memo[key]
 
 
 def parse_plan(raw: object, base_dir: Path, source: Path | None = None) -> Plan:
@@ -157,6 +218,7 @@ def parse_plan(raw: object, base_dir: Path, source: Path | None = None) -> Plan:
         member = _validate(MemberSpec, {**shared, **entry}, ("members", i), where)
         members.append(_resolve_paths(member, base_dir))
     _check_unique_names(members, where)
+    _check_size(members, where)
     classes = raw.get("classes")
     profiles = raw.get("profiles") or {}
     plan = _validate(Plan, {"classes": classes, "defaults": defaults, "members": members, "profiles": profiles, "path": source}, (), where)
@@ -219,6 +281,18 @@ def _resolve_paths(member: MemberSpec, base: Path) -> MemberSpec:
     if member.bn_images:
         update["bn_images"] = fix(member.bn_images)
     return member.model_copy(update=update)
+
+
+def _check_size(members: list[MemberSpec], where: str) -> None:
+    """Bound the views per image, and the cost of the members whose size the plan fixes (input_size)."""
+    views = sum(m.views for m in members)
+    if views > MAX_VIEWS:
+        raise PlanError(f"{where}members: {views} forward passes per image; at most {MAX_VIEWS}")
+    for i, m in enumerate(members):
+        if m.input_size:
+            reason = image_cost([m], tuple(m.input_size), classes=1).over(PLAN_BUDGET)
+            if reason:
+                raise PlanError(f"{where}members[{i}].input_size: each image {reason.split('; raise')[0]}")
 
 
 def _check_unique_names(members: list[MemberSpec], where: str) -> None:

@@ -118,3 +118,20 @@ def test_oracle_bilinear_is_cv2_inter_linear():
     x = np.random.default_rng(0).uniform(0, 255, (13, 17, 3)).astype(np.float32)
     for h, w in ((7, 9), (29, 40), (13, 31)):
         np.testing.assert_allclose(bilinear(x, h, w), cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR), atol=1e-3)
+
+
+def test_weights_past_the_protobuf_limit_go_beside_the_graph(built, engine, data, tmp_path, monkeypatch):
+    """Forced with a zero threshold: the graph keeps its weights in ensemble.onnx.data and computes the same."""
+    import shutil
+
+    from segensemble.export import graph
+
+    monkeypatch.setattr(graph, "EXTERNAL_DATA_BYTES", 0)
+    out = graph.build_graph(read_manifest(built["dir"]), built["dir"], tmp_path / "big" / "ensemble.onnx")
+    assert (tmp_path / "big" / "ensemble.onnx.data").stat().st_size > 10 * out.stat().st_size
+    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["ensemble.onnx", "ensemble.onnx.data"]  # no temporaries left
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "big", moved)  # the two files travel together
+    image = _images(data)["odd"]
+    session = ort.InferenceSession(str(moved / "ensemble.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["probs"], {"image": image[None]})[0][0], engine.predict([image], Want({PROBS}))[0].probs, atol=1e-6)

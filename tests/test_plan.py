@@ -44,7 +44,7 @@ def test_good_plan_applies_defaults_and_resolves_paths():
     a, b, c, d = plan.members
     assert a.axis == "folds" and a.sources == ["/plans/ckpt/f0.pth", "/plans/ckpt/f1.pth"]
     assert a.tta == ["identity", "hflip"] and a.input_size == (512, 512) and a.arch == "Unet"
-    assert b.scales == [0.75, 1.0, 1.25] and b.weight == 2 and b.views_per_model == 12
+    assert b.scales == [0.75, 1.0, 1.25] and b.weight == 2 and b.views == 12 * b.model_count
     assert c.axis == "swa" and c.bn_images == "/plans/imgs"
     assert d.axis == "onnx" and d.sources == ["/plans/exported/x.onnx"]
 
@@ -63,7 +63,7 @@ BAD = [
     ("members[1].tta[0]: ", "weight: 2", "weight: 2\n    tta: [rot45]", "'rot45'"),
     ("members[2]: ", "swa: [e1.pth, e2.pth]", "swa: [e1.pth, e2.pth]\n    checkpoint: x.pth", "exactly one of"),
     ("members[1].weight: ", "weight: 2", "weight: 0", "must be > 0"),
-    ("defaults.input_size: ", "input_size: [512, 512]", "input_size: [512, 0]", "both > 0"),
+    ("defaults.input_size: ", "input_size: [512, 512]", "input_size: [512, 0]", "both in 1..16384"),
     ("members[2].swa: ", "swa: [e1.pth, e2.pth]", "swa: [e1.pth]", "at least 2"),
     ("members[1].colour: ", "weight: 2", "weight: 2\n    colour: red", "unknown field"),
     ("members[1].name: ", "name: b", "name: a", "duplicate name 'a'"),

@@ -18,6 +18,7 @@ from segensemble.ensemble.sessions import GraphSession, open_graph
 from segensemble.errors import SegEnsembleError
 from segensemble.export.graph import ViewId, build_graph, list_views, view_output
 from segensemble.images import ImageRef, read_image
+from segensemble.manifest import verify_file
 
 
 class ViewCache:
@@ -73,7 +74,7 @@ def build_cache(engine: Engine, refs: list[ImageRef], root: Path, dtype: str = "
     graphs = _member_graphs(engine, root / "graphs")
     cache = ViewCache(root, views, sizes, len(engine.classes), dtype)
     for i, ref in enumerate(tqdm(refs, desc="analyze: views", unit="img", disable=not progress)):
-        image = read_image(ref.path)[None]
+        image = read_image(ref.path, admit=lambda hw, p=str(ref.path): engine.admit(hw, p))[None]
         for mi, (session, names) in enumerate(graphs):
             started = time.perf_counter()
             outputs = session.run(image, names)
@@ -90,6 +91,8 @@ def _member_graphs(engine: Engine, folder: Path) -> list[tuple[GraphSession, lis
     """One views graph per member: (session, its output names in list_views order)."""
     out = []
     for mi, member in enumerate(engine.members):
+        for model in member.models:
+            verify_file(engine.build_dir, model.file, model.onnx_sha256)
         alone = engine.manifest.model_copy(update={"members": [member], "profiles": {}})
         path = build_graph(alone, engine.build_dir, folder / f"member{mi}.views.onnx", views=True)
         out.append((open_graph(path, engine.options), [view_output(j) for j in range(member.views)]))

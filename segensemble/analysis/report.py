@@ -18,9 +18,9 @@ from segensemble.analysis.selection import greedy_selection, weight_search
 from segensemble.analysis.variants import ablations, all_views, coefficients, member_views
 from segensemble.ensemble.engine import Engine
 from segensemble.ensemble.evaluate import unlabeled_value
-from segensemble.images import ImageRef, read_image
+from segensemble.images import read_image
 from segensemble.outputs.atomic import write_atomic
-from segensemble.outputs.coco import category_map, label_map, load_coco
+from segensemble.outputs.coco import category_map, coco_images, label_map, load_coco
 from segensemble.plan import SOURCES, Plan
 
 
@@ -43,7 +43,7 @@ def analyze(engine: Engine, coco_path: Path, image_root: Path, options: AnalyzeO
     names = engine.classes
     cats = category_map(coco, names, str(coco_path))
     unlabeled = unlabeled_value(options.unlabeled, names)
-    refs = [ImageRef(i["file_name"], Path(image_root) / i["file_name"], i["id"]) for i in coco.dataset["images"]]
+    refs = coco_images(coco_path, image_root, coco)
     if options.max_images and options.max_images < len(refs):
         keep = np.random.default_rng(options.seed).choice(len(refs), size=options.max_images, replace=False)
         refs = [refs[i] for i in sorted(keep.tolist())]

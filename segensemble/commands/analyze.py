@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segensemble.commands.common import add_budget_flags
+
 
 def add(sub) -> None:
     p = sub.add_parser("analyze", help="ablation by axis, ensemble selection and error pictures on a labelled set",
@@ -24,12 +26,13 @@ def add(sub) -> None:
     p.add_argument("--cache-dtype", choices=["float16", "float32"], default="float16", help="per-view cache precision (default float16)")
     p.add_argument("--unlabeled", choices=["background", "ignore"], help="unannotated pixels (default: from the plan's first class)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_budget_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from segensemble.analysis.report import AnalyzeOptions, analyze
-    from segensemble.commands.common import default_build_dir
+    from segensemble.commands.common import budget, default_build_dir
     from segensemble.ensemble.engine import Engine
     from segensemble.errors import SegEnsembleError
     from segensemble.plan import load_plan
@@ -43,7 +46,7 @@ def run(args) -> int:
 
         build_dir = default_build_dir(args.plan)
         build(plan, build_dir, quiet=args.quiet)
-    engine = Engine.from_build(build_dir)
+    engine = Engine.from_build(build_dir, budget=budget(args))
     options = AnalyzeOptions(args.output, args.holdout, args.seed, args.samples, args.cache_dtype, args.max_images,
                              args.unlabeled, not args.quiet)
     report = analyze(engine, args.coco, args.images, options, plan)

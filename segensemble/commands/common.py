@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
 
+from segensemble.cost import DEFAULT_MAX_MEGAPIXEL_VIEWS, DEFAULT_MAX_MEMORY_MB, Budget
 from segensemble.errors import SegEnsembleError
 
 IMAGENET = ["0.485", "0.456", "0.406"], ["0.229", "0.224", "0.225"]
@@ -33,7 +35,22 @@ def add_runtime_flags(p) -> None:
     p.add_argument("--profile", help="run a named lighter profile of the plan (profiles: in plan.yaml) instead of the whole ensemble")
     p.add_argument("--batch-images", type=int, default=1, help="images per engine batch (default 1: fastest and leanest on CPU; raise it on a GPU)")
     p.add_argument("--trt-fp16", action="store_true", help="TensorRT in fp16 (default fp32); no effect without TensorRT")
+    add_budget_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_budget_flags(p) -> None:
+    p.add_argument("--max-cost", type=float, default=DEFAULT_MAX_MEGAPIXEL_VIEWS, metavar="MPV",
+                   help="refuse an image whose views would cost more than this many megapixel-views (each view's pixels, "
+                   f"padded to the stride, summed; default {DEFAULT_MAX_MEGAPIXEL_VIEWS:g})")
+    p.add_argument("--max-memory-mb", type=float, default=DEFAULT_MAX_MEMORY_MB,
+                   help=f"refuse an image whose estimated activation memory exceeds this (default {DEFAULT_MAX_MEMORY_MB:g})")
+
+
+def budget(args) -> Budget:
+    if not (args.max_cost > 0 and args.max_memory_mb > 0) or not all(map(math.isfinite, (args.max_cost, args.max_memory_mb))):
+        raise SegEnsembleError("--max-cost and --max-memory-mb must be finite and > 0")
+    return Budget(args.max_cost, args.max_memory_mb)
 
 
 def open_engine(args):
@@ -52,11 +69,12 @@ def open_engine(args):
         from segensemble.dist.ray_engine import RayEngine
 
         return RayEngine(build_dir, address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-                         threads_per_actor=args.threads or 1, profile=args.profile)
+                         threads_per_actor=args.threads or 1, profile=args.profile, budget=budget(args))
     workers = max(1, args.workers)
     threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
     options = RuntimeOptions(tuple(args.providers) if args.providers else None, threads, trt_fp16=args.trt_fp16)
-    engine = Engine.from_build(build_dir, options, max_batch=max(1, args.batch_images), workers=workers, profile=args.profile)
+    engine = Engine.from_build(build_dir, options, max_batch=max(1, args.batch_images), workers=workers, profile=args.profile,
+                               budget=budget(args))
     if engine.fell_back:
         print("warning: a GPU provider was requested but ONNX Runtime fell back to CPU", file=sys.stderr)
     return engine

@@ -22,6 +22,13 @@ def add(sub) -> None:
     p.add_argument("--max-body-mb", type=float, default=None, help="largest request body in MiB (default 20)")
     p.add_argument("--max-pixels", type=int, default=None, help="largest image in pixels (default 40000000)")
     p.add_argument("--timeout-s", type=float, default=None, help="a request waiting longer gets 504 (default 30)")
+    p.add_argument("--body-timeout-s", type=float, default=None, help="a request body not received by then gets 408 (default 10)")
+    p.add_argument("--max-uploads", type=int, default=None, help="bodies received at once; past it /segment answers 503 (default 64)")
+    p.add_argument("--max-cost", type=float, default=None, metavar="MPV", help="refuse (422) an image whose views would cost more "
+                   "than this many megapixel-views: each view's pixels, padded to the stride, summed (default 32)")
+    p.add_argument("--max-memory-mb", type=float, default=None, help="refuse (422) an image whose estimated activation memory "
+                   "exceeds this (default 4096)")
+    p.add_argument("--trt-fp16", action="store_true", help="TensorRT in fp16 (default fp32); no effect without TensorRT")
     p.set_defaults(func=run)
 
 
@@ -30,8 +37,10 @@ def run(args) -> int:
     from segensemble.serve.settings import ServeSettings
 
     fields = {"workers": args.workers, "max_batch": args.max_batch, "batch_window_ms": args.batch_window_ms, "max_queue": args.max_queue,
-              "max_body_mb": args.max_body_mb, "max_pixels": args.max_pixels, "timeout_s": args.timeout_s}
+              "max_body_mb": args.max_body_mb, "max_pixels": args.max_pixels, "timeout_s": args.timeout_s,
+              "body_timeout_s": args.body_timeout_s, "max_uploads": args.max_uploads, "max_cost": args.max_cost,
+              "max_memory_mb": args.max_memory_mb}
     settings = ServeSettings(build_dir=args.build, providers=tuple(args.providers) if args.providers else None,
-                             threads=args.threads, **{k: v for k, v in fields.items() if v is not None})
+                             threads=args.threads, trt_fp16=args.trt_fp16, **{k: v for k, v in fields.items() if v is not None})
     serve(settings, host=args.host, port=args.port)
     return 0

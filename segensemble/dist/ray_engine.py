@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segensemble.cost import Budget
 from segensemble.ensemble.engine import LABELS, MEMBERS, PROBS, Prediction, Want
 from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.export.graph import member_output
@@ -33,11 +34,11 @@ def _ray():
 class EnsembleActor:
     """One engine per actor; called on batches of rows {index, path}; returns the outputs asked for."""
 
-    def __init__(self, build_dir: str, want: list[str], threads: int = 0, profile: str | None = None):
+    def __init__(self, build_dir: str, want: list[str], threads: int = 0, profile: str | None = None, budget: tuple = ()):
         from segensemble.ensemble.engine import Engine
         from segensemble.ensemble.sessions import RuntimeOptions
 
-        self.engine = Engine.from_build(build_dir, RuntimeOptions(threads=threads), profile=profile)
+        self.engine = Engine.from_build(build_dir, RuntimeOptions(threads=threads), profile=profile, budget=Budget(*budget))
         self.want = Want(want)
 
     def __call__(self, batch: dict) -> dict:
@@ -46,7 +47,7 @@ class EnsembleActor:
         images, errors = [], []
         for path in batch["path"]:
             try:
-                images.append(read_image(str(path)))
+                images.append(read_image(str(path), admit=lambda hw, p=str(path): self.engine.admit(hw, p)))
                 errors.append("")
             except ImageError as exc:
                 images.append(None)
@@ -68,11 +69,12 @@ class RayEngine:
     """The Runner protocol on a Ray cluster (``address=None`` starts or joins a local Ray)."""
 
     def __init__(self, build_dir: str | Path, address: str | None = None, actors: int = 2, gpus_per_actor: float = 0.0,
-                 threads_per_actor: int = 1, profile: str | None = None):
+                 threads_per_actor: int = 1, profile: str | None = None, budget: Budget = Budget()):
         if actors < 1:
             raise SegEnsembleError(f"--actors must be >= 1, got {actors}")
         self.build_dir, self.address, self.actors = Path(build_dir), address, actors
         self.gpus_per_actor, self.threads_per_actor, self.profile = gpus_per_actor, threads_per_actor, profile
+        self.budget = budget
         self.manifest = read_manifest(build_dir).profile(profile)
         self.manifest.graph_entry(profile)  # the build has this profile's graph
 
@@ -101,7 +103,8 @@ class RayEngine:
         ds = ray.data.from_items([{"index": i, "path": str(r.path)} for i, r in enumerate(refs)])
         ds = ds.map_batches(
             EnsembleActor, fn_constructor_kwargs={"build_dir": str(self.build_dir), "want": sorted(want),
-                                                  "threads": self.threads_per_actor, "profile": self.profile},
+                                                  "threads": self.threads_per_actor, "profile": self.profile,
+                                                  "budget": (self.budget.max_megapixel_views, self.budget.max_memory_mb)},
             batch_size=batch_images, compute=ray.data.ActorPoolStrategy(size=self.actors), num_gpus=self.gpus_per_actor or None,
             batch_format="numpy",
         )

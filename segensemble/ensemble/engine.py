@@ -8,6 +8,7 @@ a batch, asks the graph only for the outputs the job needs, and hands results ba
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,11 +18,12 @@ from typing import Protocol
 
 import numpy as np
 
-from segensemble.ensemble.sessions import GraphSession, RuntimeOptions, open_graph
+from segensemble.cost import Budget, Cost, image_cost
+from segensemble.ensemble.sessions import GraphSession, RunControl, RuntimeOptions, open_graph
 from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.export.graph import member_output
 from segensemble.images import ImageRef, read_image
-from segensemble.manifest import Manifest, MemberEntry, read_manifest
+from segensemble.manifest import Manifest, MemberEntry, read_manifest, verify_file
 
 LABELS, PROBS, MEMBERS = "labels", "probs", "members"
 Want = frozenset  # of LABELS, PROBS, MEMBERS: what a job needs back from the graph
@@ -54,8 +56,9 @@ class Engine:
     """One ONNX Runtime session over a build's ensemble graph (thread-safe, built once)."""
 
     def __init__(self, manifest: Manifest, build_dir: Path, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8,
-                 workers: int = 1, profile: str | None = None, graphs: dict | None = None):
+                 workers: int = 1, profile: str | None = None, graphs: dict | None = None, budget: Budget = Budget()):
         self.build_dir = Path(build_dir)
+        self.budget = budget
         self.base_manifest = manifest
         self.manifest = manifest.profile(profile)
         self.profile = profile
@@ -65,24 +68,36 @@ class Engine:
         self._graphs = graphs if graphs is not None else {}  # profile -> session, shared by with_profile views
         if profile not in self._graphs:
             entry = manifest.graph_entry(profile)
-            self._graphs[profile] = open_graph(self.build_dir / entry.file, options, trt_default_profile(self.manifest, self.max_batch))
+            path = verify_file(self.build_dir, entry.file, entry.sha256)
+            graph = open_graph(path, options, trt_default_profile(self.manifest, self.max_batch))
+            _check_classes(graph, self.manifest.classes)
+            self._graphs[profile] = graph
         self.graph: GraphSession = self._graphs[profile]
 
     @classmethod
     def from_build(cls, build_dir: str | Path, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8,
-                   workers: int = 1, profile: str | None = None) -> Engine:
+                   workers: int = 1, profile: str | None = None, budget: Budget = Budget()) -> Engine:
         manifest = read_manifest(build_dir)
         if options.trt_cache_dir is None:
             from dataclasses import replace
 
             options = replace(options, trt_cache_dir=str(Path(build_dir) / "trt-cache"))
-        return cls(manifest, Path(build_dir), options, max_batch, workers, profile)
+        return cls(manifest, Path(build_dir), options, max_batch, workers, profile, budget=budget)
 
     def with_profile(self, name: str | None) -> Engine:
         """The engine of a named profile of this build (its own graph file; sessions opened once)."""
         if name == self.profile:
             return self
-        return Engine(self.base_manifest, self.build_dir, self.options, self.max_batch, self.workers, name, self._graphs)
+        return Engine(self.base_manifest, self.build_dir, self.options, self.max_batch, self.workers, name, self._graphs, self.budget)
+
+    def cost(self, image_hw: tuple[int, int], batch: int = 1) -> Cost:
+        return image_cost(self.members, image_hw, len(self.classes), batch)
+
+    def admit(self, image_hw: tuple[int, int], source: str) -> None:
+        """Refuse (ImageError naming ``source``) an image whose estimated cost exceeds the budget."""
+        reason = self.cost(image_hw).over(self.budget)
+        if reason:
+            raise ImageError(source, f"{image_hw[0]}x{image_hw[1]} {reason}")
 
     @property
     def classes(self) -> list[str]:
@@ -107,10 +122,10 @@ class Engine:
     def describe(self) -> str:
         return f"{self.forward_passes} views per image in one graph on {', '.join(self.active_providers)}"
 
-    def run(self, images: list[np.ndarray], want: Want = Want({LABELS})) -> list[Prediction]:
+    def run(self, images: list[np.ndarray], want: Want = Want({LABELS}), control: RunControl | None = None) -> list[Prediction]:
         """One graph run over same-size RGB uint8 images."""
         names = self._names(want)
-        outputs = dict(zip(names, self.graph.run(np.stack(images), names)))
+        outputs = dict(zip(names, self.graph.run(np.stack(images), names, control)))
         members = {m.name: outputs[member_output(m.name)] for m in self.members} if MEMBERS in want else None
         return [Prediction(outputs[LABELS][i] if LABELS in want else None, outputs[PROBS][i] if PROBS in want else None,
                            {k: v[i] for k, v in members.items()} if members else None) for i in range(len(images))]
@@ -148,7 +163,7 @@ class Engine:
         ``prefetch`` decoded images plus ``workers`` batches are held, so memory is bounded however many
         images run.
         """
-        read = reader or (lambda ref: read_image(ref.path))
+        read = reader or (lambda ref: read_image(ref.path, admit=lambda hw: self.admit(hw, str(ref.path))))
         workers = workers or self.workers
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode") as decoders, \
                 ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine") as runners:
@@ -159,6 +174,15 @@ class Engine:
                     yield from _settled(running.popleft())
             while running:
                 yield from _settled(running.popleft())
+
+
+def _check_classes(graph: GraphSession, classes: list[str]) -> None:
+    """The graph's class axis and names must be the manifest's: a build whose files disagree is refused."""
+    channels = next(o.shape[1] for o in graph.session.get_outputs() if o.name == PROBS)
+    named = json.loads(graph.metadata.get("classes", "null"))
+    if channels != len(classes) or named != classes:
+        raise SegEnsembleError(f"{graph.path}: the graph outputs {channels} classes {named} but the manifest lists "
+                               f"{len(classes)}: {classes}; rerun `ensemble build`")
 
 
 def trt_default_profile(manifest: Manifest, max_batch: int):

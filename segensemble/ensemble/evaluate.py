@@ -9,8 +9,7 @@ from tqdm import tqdm
 
 from segensemble.ensemble.engine import LABELS, MEMBERS, Runner, Want
 from segensemble.errors import SegEnsembleError
-from segensemble.images import ImageRef
-from segensemble.outputs.coco import IGNORE, category_map, has_background, label_map, load_coco
+from segensemble.outputs.coco import IGNORE, category_map, coco_images, has_background, label_map, load_coco
 from segensemble.outputs.metrics import IouMeter
 
 ENSEMBLE = "ensemble"
@@ -29,7 +28,7 @@ def evaluate(engine: Runner, coco_path: Path, image_root: Path, options: Evaluat
     classes = engine.classes
     cats = category_map(coco, classes, str(coco_path))
     unlabeled = unlabeled_value(options.unlabeled, classes)
-    refs = [ImageRef(img["file_name"], Path(image_root) / img["file_name"], img["id"]) for img in coco.dataset["images"]]
+    refs = coco_images(coco_path, image_root, coco)
     meters = {name: IouMeter(len(classes)) for name in [ENSEMBLE, *(m.name for m in engine.members)]}
     bar = tqdm(total=len(refs), unit="img", desc="evaluate", disable=not options.progress)
     for ref, result in engine.stream(refs, Want({LABELS, MEMBERS}), batch_images=options.batch_images):

@@ -44,6 +44,7 @@ class PredictSummary:
 def predict_to_files(engine: Runner, refs: list[ImageRef], options: PredictOptions) -> PredictSummary:
     """Run every image once and write the requested outputs; stops at the first bad image unless skip_bad."""
     summary = PredictSummary(total=len(refs))
+    _check_output_paths(refs, options)
     writer = SubmissionWriter(options.csv, resume=options.resume) if options.csv else None
     todo = _remaining(refs, options, writer)
     summary.resumed = len(refs) - len(todo)
@@ -82,17 +83,27 @@ def _remaining(refs: list[ImageRef], options: PredictOptions, writer: Submission
     return [r for r in refs if not _outputs_exist(r, options)]
 
 
+def _check_output_paths(refs: list[ImageRef], options: PredictOptions) -> None:
+    """Every mask/probability path is computed (and so checked) before any image runs: a bad name stops the run
+    before anything is written."""
+    for ref in refs:
+        if options.masks_dir:
+            mask_path(options.masks_dir, ref.image_id, ref.path)
+        if options.probs_dir:
+            probs_path(options.probs_dir, ref.image_id, ref.path)
+
+
 def _outputs_exist(ref: ImageRef, options: PredictOptions) -> bool:
-    wanted = [mask_path(options.masks_dir, ref.image_id)] if options.masks_dir else []
-    wanted += [probs_path(options.probs_dir, ref.image_id)] if options.probs_dir else []
+    wanted = [mask_path(options.masks_dir, ref.image_id, ref.path)] if options.masks_dir else []
+    wanted += [probs_path(options.probs_dir, ref.image_id, ref.path)] if options.probs_dir else []
     return bool(wanted) and all(p.exists() for p in wanted)
 
 
 def _write(ref: ImageRef, prediction, options: PredictOptions, writer: SubmissionWriter | None) -> None:
     labels = prediction.labels
     if options.masks_dir:
-        save_mask(options.masks_dir, ref.image_id, labels)
+        save_mask(options.masks_dir, ref.image_id, labels, ref.path)
     if options.probs_dir:
-        save_probs(options.probs_dir, ref.image_id, prediction.probs)
+        save_probs(options.probs_dir, ref.image_id, prediction.probs, ref.path)
     if writer:
         writer.write(ref.image_id, submission_string(labels, options.submission_size))

@@ -20,7 +20,7 @@ from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.images import ImageRef
 from segensemble.outputs.atomic import write_atomic
 from segensemble.outputs.coco_writer import assemble, categories, image_annotations, merge, read_json
-from segensemble.outputs.masks import save_mask
+from segensemble.outputs.masks import mask_path, save_mask
 from segensemble.outputs.pseudo import PseudoRule, decide, share_histogram
 
 REPORT_HEADER = ["image", "nonbackground_pixels", "uncertain_pixels", "uncertain_share", "decision"]
@@ -58,6 +58,8 @@ def pseudo_label(engine: Runner, refs: list[ImageRef], options: PseudoOptions) -
     """Run, decide, journal; then write the COCO file(s), masks and report."""
     rule = options.rule
     rule.validate(len(engine.classes))
+    for ref in refs if options.masks_dir else []:  # a bad name stops the run before anything is written
+        mask_path(options.masks_dir, ref.image_id, ref.path)
     journal_path = options.output.with_name(options.output.name + ".partial.jsonl")
     records = _read_journal(journal_path, refs) if options.resume else []
     done = {r["image"] for r in records}
@@ -89,7 +91,7 @@ def _record(ref: ImageRef, probs, rule: PseudoRule, classes: int, options: Pseud
     if decision.kept:
         record["annotations"] = image_annotations(labels, rule.background, classes)
         if options.masks_dir:
-            save_mask(options.masks_dir, ref.image_id, labels)
+            save_mask(options.masks_dir, ref.image_id, labels, ref.path)
     return record
 
 

@@ -101,6 +101,31 @@ def trt_profile_shapes(profile) -> dict[str, str]:
     return {k: f"image:{n}x{h}x{w}x3" for k, (n, h, w) in zip(keys, profile)}
 
 
+class RunCancelled(Exception):
+    """A run stopped by ``RunControl.cancel`` (e.g. every request waiting on it timed out)."""
+
+
+class RunControl:
+    """One run's options: ``cancel()`` from any thread stops it between nodes; ``shrink`` hands the memory
+    arena's unused regions back after a large run (ONNX Runtime keeps them otherwise)."""
+
+    def __init__(self, shrink: bool = False):
+        import onnxruntime as ort
+
+        self._options = ort.RunOptions()
+        self.shrink = shrink
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._options.terminate = True
+
+    def options(self, device: str):
+        if self.shrink:
+            self._options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0;gpu:0" if device == "cuda" else "cpu:0")
+        return self._options
+
+
 @dataclass
 class GraphSession:
     """One ensemble graph: runs uint8 NHWC batches, returning only the outputs asked for."""
@@ -126,14 +151,20 @@ class GraphSession:
     def device(self) -> str:
         return "cuda" if GPU_PROVIDERS & set(self.active) else "cpu"
 
-    def run(self, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
-        """The outputs ``names`` for a uint8 (N, H, W, 3) batch."""
+    def run(self, images: np.ndarray, names: list[str], control: RunControl | None = None) -> list[np.ndarray]:
+        """The outputs ``names`` for a uint8 (N, H, W, 3) batch; ``control`` can cancel it or shrink memory after."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
-        if not self.io_binding:
-            return self.session.run(names, {"image": images})
-        return self._run_bound(images, names)
+        options = control.options(self.device) if control else None
+        try:
+            if not self.io_binding:
+                return self.session.run(names, {"image": images}, options)
+            return self._run_bound(images, names, options)
+        except Exception as exc:
+            if control and control.cancelled:
+                raise RunCancelled() from exc
+            raise
 
-    def _run_bound(self, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
+    def _run_bound(self, images: np.ndarray, names: list[str], options=None) -> list[np.ndarray]:
         """IO binding: the input goes to the device once; only ``names`` come back. Bindings are kept per
         thread and reused while the batch shape repeats (a thread's binding is not shared)."""
         import onnxruntime as ort
@@ -150,7 +181,7 @@ class GraphSession:
         binding.clear_binding_outputs()
         for name in names:
             binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, options)
         return binding.copy_outputs_to_cpu()
 
 

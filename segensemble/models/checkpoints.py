@@ -98,15 +98,26 @@ def _load_smp_dir(path: Path, want: PartialSpec) -> LoadedModel:
 
 
 def _read_dir_weights(path: Path) -> dict:
+    """The weights file of an smp folder; a corrupt or pickled one is a one-line error (never unpickled)."""
     import torch
 
     if (path / "model.safetensors").is_file():
         from safetensors.torch import load_file
 
-        return load_file(str(path / "model.safetensors"))
+        try:
+            return load_file(str(path / "model.safetensors"))
+        except Exception as exc:  # SafetensorError, OSError: a damaged or foreign file
+            raise CheckpointError(f"{path / 'model.safetensors'}: not a readable safetensors file ({_first_line(exc)})") from None
     for name in ("pytorch_model.bin", "model.pth", "model.pt"):
         if (path / name).is_file():
-            return torch.load(path / name, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(path / name, map_location="cpu", weights_only=True)
+            except Exception as exc:  # UnpicklingError (pickled objects, refused), RuntimeError (not a torch file)
+                what = "holds pickled Python objects, refused (weights only)" if _looks_like_pickled_object(exc) else "not a readable PyTorch file"
+                raise CheckpointError(f"{path / name}: {what} ({_first_line(exc)})") from None
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{path / name}: expected a state dict of tensors, found {type(state).__name__}")
+            return state
     raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin beside config.json")
 
 
@@ -148,8 +159,9 @@ def _load_file(path: Path, want: PartialSpec, trust_pickle: bool) -> LoadedModel
 
 
 def _looks_like_pickled_object(exc: Exception) -> bool:
-    text = str(exc)
-    return "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text
+    """torch's weights-only unpickler names the first class it refuses ("Unsupported global"); garbage and
+    truncated files fail differently ("Unsupported operand", "invalid load key") and are not pickled objects."""
+    return "Unsupported global" in str(exc)
 
 
 def _first_line(exc: Exception) -> str:

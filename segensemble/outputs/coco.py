@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segensemble.errors import SegEnsembleError
+from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.images import ImageRef
+from segensemble.outputs.paths import check_image_name
 
 IGNORE = 255
 BACKGROUND_NAMES = {"background", "bg", "_background_", "backgroud"}
@@ -35,11 +36,19 @@ def load_coco(path: str | Path):
         raise SegEnsembleError(f"{path}: not a valid COCO annotation file ({exc})") from exc
 
 
-def coco_images(coco_path: str | Path, image_root: str | Path) -> list[ImageRef]:
-    """The COCO file's images in its own order, as ImageRefs under ``image_root``."""
-    coco = load_coco(coco_path)
+def coco_images(coco_path: str | Path, image_root: str | Path, coco=None) -> list[ImageRef]:
+    """The COCO file's images in its own order, as ImageRefs under ``image_root``: each ``file_name`` is a path
+    relative to ``image_root`` (absolute names and '..' are refused, naming the image)."""
+    coco = coco or load_coco(coco_path)
     root = Path(image_root)
-    return [ImageRef(img["file_name"], root / img["file_name"], img["id"]) for img in coco.dataset.get("images", [])]
+    refs = []
+    for img in coco.dataset.get("images", []):
+        try:
+            name = check_image_name(img.get("file_name"))
+        except ImageError as exc:
+            raise SegEnsembleError(f"{coco_path}: image id {img.get('id')}: file_name {exc}") from None
+        refs.append(ImageRef(name, root / name, img["id"]))
+    return refs
 
 
 def category_map(coco, classes: list[str], source: str) -> dict[int, int]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.outputs.atomic import write_bytes_atomic
+from segensemble.outputs.paths import output_path
 
 
 def encode_png(labels: np.ndarray) -> bytes:
@@ -19,16 +20,16 @@ def encode_png(labels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def mask_path(root: Path, image_id: str) -> Path:
-    return root / Path(image_id).with_suffix(".png")
+def mask_path(root: Path, image_id: str, source: Path | None = None) -> Path:
+    return output_path(root, image_id, ".png", source)
 
 
-def probs_path(root: Path, image_id: str) -> Path:
-    return root / Path(image_id).with_suffix(".npz")
+def probs_path(root: Path, image_id: str, source: Path | None = None) -> Path:
+    return output_path(root, image_id, ".npz", source)
 
 
-def save_mask(root: Path, image_id: str, labels: np.ndarray) -> Path:
-    target = mask_path(root, image_id)
+def save_mask(root: Path, image_id: str, labels: np.ndarray, source: Path | None = None) -> Path:
+    target = mask_path(root, image_id, source)
     write_bytes_atomic(target, encode_png(labels))
     return target
 
@@ -40,8 +41,8 @@ def encode_probs(probs: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def save_probs(root: Path, image_id: str, probs: np.ndarray) -> Path:
-    target = probs_path(root, image_id)
+def save_probs(root: Path, image_id: str, probs: np.ndarray, source: Path | None = None) -> Path:
+    target = probs_path(root, image_id, source)
     write_bytes_atomic(target, encode_probs(probs))
     return target
 

@@ -15,6 +15,7 @@ from segensemble.serve.settings import ServeSettings
 
 def create_app(settings: ServeSettings):
     from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
 
     from segensemble.serve.routes import router
 
@@ -29,7 +30,8 @@ def create_app(settings: ServeSettings):
         state.ready = False
         state.metrics = Metrics.create()
         options = RuntimeOptions(settings.providers, settings.threads, trt_fp16=settings.trt_fp16)
-        state.engine = Engine.from_build(settings.build_dir, options, settings.max_batch)
+        state.engine = Engine.from_build(settings.build_dir, options, settings.max_batch, budget=settings.budget)
+        state.uploads = 0
         # one batcher per profile (each its own graph): requests are only grouped with requests for the same views
         state.batchers = {}
         for name in [None, *state.engine.manifest.profiles]:
@@ -49,7 +51,33 @@ def create_app(settings: ServeSettings):
                   description="Semantic segmentation by a soft-voting ensemble: the same engine as `ensemble predict`.")
     app.state.settings = settings
     app.include_router(router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.openapi = lambda: _openapi(app, settings)
     return app
+
+
+async def _validation_error(request, exc):
+    """A bad query parameter, in the documented error shape ({"detail": text}) rather than FastAPI's list."""
+    from fastapi.responses import JSONResponse
+
+    text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return JSONResponse({"detail": text}, status_code=422)
+
+
+def _openapi(app, settings: ServeSettings) -> dict:
+    """FastAPI's schema, with `profile` restricted to the profiles this build has (empty: the whole ensemble)."""
+    from fastapi.openapi.utils import get_openapi
+
+    from segensemble.manifest import read_manifest
+
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        names = sorted(read_manifest(settings.build_dir).profiles)
+        for param in schema["paths"]["/segment"]["post"]["parameters"]:
+            if param["name"] == "profile":
+                param["schema"] = {"anyOf": [{"type": "string", "enum": ["", *names]}, {"type": "null"}], "title": "Profile"}
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _version() -> str:

@@ -1,9 +1,12 @@
-"""Micro-batching: concurrent requests are grouped into one engine call, off the event loop; the engine
-runs the graph once per group of same-size images, asking for the outputs any request of the batch needs.
+"""Micro-batching: concurrent requests are grouped into engine calls, off the event loop.
 
-The queue is bounded (``QueueFull`` past it) and every item carries a deadline: an item whose deadline has
-passed before it runs is answered with ``DeadlineExceeded`` and costs no compute. If a batch fails as a
-whole, its items are retried one by one so a single bad image cannot fail its neighbours.
+A request takes a queue place (``admit``) before its image is decoded, so a full queue answers 503 without
+spending a decode; the place is kept until its batch starts. Requests gathered in one window run as one
+graph call per image size. Every item carries a deadline: one that has passed before its call starts costs
+no compute, and a call whose every request has timed out is cancelled in ONNX Runtime between two nodes.
+A failed call fails its own requests once; nothing is run twice. After a call estimated to need more than
+``SHRINK_AFTER_MB``, the memory arena hands its unused regions back, so one large request does not keep
+the process at its peak.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from segensemble.ensemble.sessions import RunCancelled, RunControl
+
+SHRINK_AFTER_MB = 256.0
 
 
 class QueueFull(Exception):
@@ -37,15 +44,16 @@ class Batcher:
         self.engine, self.max_batch, self.window_s, self.max_queue = engine, max_batch, window_s, max_queue
         self.on_batch = on_batch or (lambda size: None)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        # `workers` engine calls may run at once (sessions are thread-safe); 1 keeps latency lowest
+        # `workers` engine calls may run at once (the session is thread-safe); 1 keeps latency lowest
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
         self._slots = asyncio.Semaphore(workers)
         self._task: asyncio.Task | None = None
+        self.admitted = 0  # queue places taken: requests decoding or waiting, not yet running
         self.in_flight = 0
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return self.admitted
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -58,9 +66,18 @@ class Batcher:
             self._task.cancel()
         self._executor.shutdown(wait=True)
 
-    async def submit(self, image: np.ndarray, want: frozenset, timeout_s: float):
-        if self._queue.qsize() >= self.max_queue:
+    def admit(self) -> None:
+        """Take a queue place before decoding; QueueFull when none is left. Pair with submit() or release()."""
+        if self.admitted >= self.max_queue:
             raise QueueFull()
+        self.admitted += 1
+
+    def release(self) -> None:
+        """Give back a place whose request failed before submit()."""
+        self.admitted -= 1
+
+    async def submit(self, image: np.ndarray, want: frozenset, timeout_s: float):
+        """Queue an admitted image; its prediction, or DeadlineExceeded after ``timeout_s``."""
         item = _Item(image, want, time.monotonic() + timeout_s, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(item)
         try:
@@ -72,6 +89,7 @@ class Batcher:
         while True:
             await self._slots.acquire()  # a free worker first, so requests keep gathering meanwhile
             batch = await self._collect()
+            self.admitted -= len(batch)
             live = self._drop_expired(batch)
             if not live:
                 self._slots.release()
@@ -102,26 +120,32 @@ class Batcher:
         return [item for item in batch if item.deadline > now]
 
     async def _run(self, live: list[_Item]) -> None:
+        """One engine call per image size among ``live``, one after another on this worker."""
+        loop = asyncio.get_running_loop()
         try:
-            want = frozenset().union(*(i.want for i in live))
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, [i.image for i in live], want)
-            for item, result in zip(live, results):
-                _settle(item, result=result)
+            by_size: dict[tuple, list[_Item]] = {}
+            for item in live:
+                by_size.setdefault(item.image.shape, []).append(item)
+            for group in by_size.values():
+                group = self._drop_expired(group)
+                if not group:
+                    continue
+                want = frozenset().union(*(i.want for i in group))
+                control = RunControl(shrink=self.engine.cost(group[0].image.shape[:2], len(group)).memory_mb > SHRINK_AFTER_MB)
+                cancel = loop.call_at(loop.time() + max(i.deadline for i in group) - time.monotonic(), control.cancel)
+                try:
+                    results = await loop.run_in_executor(self._executor, self.engine.run, [i.image for i in group], want, control)
+                except RunCancelled:
+                    results = [DeadlineExceeded()] * len(group)
+                except Exception as exc:  # handed to this call's requests, once
+                    results = [exc] * len(group)
+                finally:
+                    cancel.cancel()
+                for item, result in zip(group, results):
+                    _settle(item, result=result)
         finally:
             self.in_flight -= len(live)
             self._slots.release()
-
-    def _predict(self, images: list[np.ndarray], want: frozenset) -> list:
-        try:
-            return self.engine.predict(images, want)
-        except Exception:
-            return [self._one(img, want) for img in images]
-
-    def _one(self, image: np.ndarray, want: frozenset):
-        try:
-            return self.engine.predict([image], want)[0]
-        except Exception as exc:  # handed to that request only
-            return exc
 
 
 def _settle(item: _Item, result=None, error: Exception | None = None) -> None:

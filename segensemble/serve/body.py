@@ -1,13 +1,21 @@
-"""Reading a request body safely: size-bounded before it is buffered, as raw image bytes or multipart."""
+"""Reading a request body safely: size-bounded before it is buffered, time-bounded while it arrives (a client
+that stops sending gets 408), as raw image bytes or multipart."""
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import HTTPException, Request
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as StarletteRequest
 
 
-async def read_image_bytes(request: Request, limit: int) -> tuple[bytes, str]:
-    """The image bytes and a name for error messages; 400/413/415 as HTTPException."""
+class ClientGone(Exception):
+    """The client closed the connection before its body arrived (logged as 499, not an error)."""
+
+
+async def read_image_bytes(request: Request, limit: int, timeout_s: float) -> tuple[bytes, str]:
+    """The image bytes and a name for error messages; 400/408/413/415 as HTTPException."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     multipart = ctype == "multipart/form-data"
     if not (multipart or ctype.startswith("image/")):
@@ -17,7 +25,18 @@ async def read_image_bytes(request: Request, limit: int) -> tuple[bytes, str]:
     if declared and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"body of {int(declared)} bytes exceeds the limit of {limit}")
     body = bytearray()
-    async for chunk in request.stream():
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), max(0.0, deadline - loop.time()))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise HTTPException(408, f"the request body did not arrive within {timeout_s:g}s ({len(body)} bytes received)") from None
+        except ClientDisconnect:
+            raise ClientGone() from None
         body += chunk
         if len(body) > limit:
             raise HTTPException(413, f"body exceeds the limit of {limit} bytes")

@@ -8,14 +8,15 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
 
 from segensemble.ensemble.engine import LABELS, PROBS, Want
 from segensemble.errors import ImageError, SegEnsembleError
-from segensemble.images import decode_image
+from segensemble.images import decode_image, header_size
 from segensemble.outputs.coco import class_rles
 from segensemble.outputs.masks import encode_png, encode_probs
 from segensemble.serve.batching import DeadlineExceeded, QueueFull
-from segensemble.serve.body import read_image_bytes
+from segensemble.serve.body import ClientGone, read_image_bytes
 from segensemble.serve.schemas import ErrorBody, Ready, SegmentJson
 
 log = logging.getLogger(__name__)
@@ -31,17 +32,19 @@ Profile = Annotated[str | None, Query(
 
 _ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in {
     400: "empty body, or a multipart body without a `file` field",
+    408: "the body did not arrive within the server's body timeout",
     413: "body larger than the server's limit",
     415: "content type is neither an image type nor multipart/form-data",
-    422: "undecodable or truncated image, or more pixels than the server's limit",
-    503: "queue full (see Retry-After) or not ready yet",
+    422: "undecodable or truncated image, more pixels than the server's limit, an image whose estimated cost exceeds "
+         "the budget (--max-cost, --max-memory-mb), or an invalid query parameter",
+    503: "queue full or too many uploads in progress (see Retry-After), or not ready yet",
     504: "the request waited past its deadline",
 }.items()}
 
 _BODY_DOC = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                       "properties": {"file": {"type": "string", "format": "binary", "description": "the image"}}}},
-    "image/*": {"schema": {"type": "string", "format": "binary", "description": "raw image bytes (PNG, JPEG, ...)"}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "minLength": 1, "description": "the image"}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary", "minLength": 1, "description": "raw image bytes (PNG, JPEG, ...)"}},
 }}}
 
 
@@ -65,28 +68,28 @@ async def readyz(request: Request, response: Response) -> Ready:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}})
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
 @router.post("/segment", summary="segment one image with the ensemble", responses={
-    200: {"content": {"image/png": {}, "application/json": {"schema": SegmentJson.model_json_schema()},
-                      "application/octet-stream": {}}, "description": "by `format`"}, **_ERRORS}, openapi_extra=_BODY_DOC)
+    200: {"model": SegmentJson, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+          "description": "by `format`: image/png (png), application/json (json), application/octet-stream (probs)"},
+    **_ERRORS}, openapi_extra=_BODY_DOC)
 async def segment(request: Request, format: Format = "png", profile: Profile = None) -> Response:
     state, settings = request.app.state, request.app.state.settings
     started, status = time.perf_counter(), 500
     try:
         if not getattr(state, "ready", False):
             raise HTTPException(503, "not ready yet", headers={"Retry-After": str(settings.retry_after_s)})
-        batcher = state.batchers.get(profile)
+        batcher = state.batchers.get(profile or None)
         if batcher is None:
             raise HTTPException(422, f"unknown profile {profile!r}; this build has {sorted(p for p in state.batchers if p) or 'none'}")
-        data, source = await read_image_bytes(request, settings.max_body_bytes)
-        try:
-            image = await run_in_threadpool(decode_image, data, source, settings.max_pixels)
-        except ImageError as exc:
-            raise HTTPException(422, f"{source}: {exc.reason}") from None
+        data, source = await _receive(state, settings, request)
+        image = await _admit_and_decode(settings, batcher, data, source)
         prediction = await _run(state, settings, batcher, image, _WANT[format])
         response = await run_in_threadpool(_render, prediction, format, state.engine.classes)
         status = 200
@@ -94,19 +97,57 @@ async def segment(request: Request, format: Format = "png", profile: Profile = N
     except HTTPException as exc:
         status = exc.status_code
         raise
+    except ClientGone:
+        status = 499  # nginx's label: the client closed the connection first; nothing to answer
+        log.info("client %s disconnected before its request body arrived", request.client.host if request.client else "?")
+        return Response(status_code=499)
     finally:
         state.metrics.requests.labels(status=str(status)).inc()
         state.metrics.latency.observe(time.perf_counter() - started)
 
 
-async def _run(state, settings, batcher, image, want):
-    """The batched engine call, its failures turned into the conventional statuses."""
-    state.metrics.queue_depth.set(batcher.depth + 1)
+async def _receive(state, settings, request: Request) -> tuple[bytes, str]:
+    """The body, with at most ``max_uploads`` being received at once (slow clients cannot hold every
+    connection: past it /segment answers 503 at once, and /healthz is never involved)."""
+    if state.uploads >= settings.max_uploads:
+        raise HTTPException(503, f"{settings.max_uploads} uploads already in progress; retry later",
+                            headers={"Retry-After": str(settings.retry_after_s)})
+    state.uploads += 1
     try:
-        return await batcher.submit(image, want, settings.timeout_s)
+        return await read_image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
+    finally:
+        state.uploads -= 1
+
+
+async def _admit_and_decode(settings, batcher, data: bytes, source: str):
+    """Header checks (pixels, the ensemble's cost budget) and a queue place before any pixel is decoded."""
+    try:
+        hw = header_size(data, source)
+        if hw[0] * hw[1] > settings.max_pixels:
+            raise ImageError(source, f"{hw[1]}x{hw[0]} = {hw[0] * hw[1]} pixels exceeds the limit of {settings.max_pixels}")
+        batcher.engine.admit(hw, source)
+    except ImageError as exc:
+        raise HTTPException(422, f"{source}: {exc.reason}") from None
+    try:
+        batcher.admit()
     except QueueFull:
         raise HTTPException(503, f"queue full ({settings.max_queue} waiting); retry later",
                             headers={"Retry-After": str(settings.retry_after_s)}) from None
+    try:
+        return await run_in_threadpool(decode_image, data, source, settings.max_pixels)
+    except ImageError as exc:
+        batcher.release()
+        raise HTTPException(422, f"{source}: {exc.reason}") from None
+    except BaseException:
+        batcher.release()
+        raise
+
+
+async def _run(state, settings, batcher, image, want):
+    """The batched engine call, its failures turned into the conventional statuses."""
+    state.metrics.queue_depth.set(batcher.depth)
+    try:
+        return await batcher.submit(image, want, settings.timeout_s)
     except DeadlineExceeded:
         raise HTTPException(504, f"not answered within {settings.timeout_s:g}s") from None
     except SegEnsembleError as exc:  # e.g. a size a fixed-shape member cannot take
