@@ -77,7 +77,7 @@ def run_torch(work: Path, size: int, threads: int, device: str, batched_fp16: bo
     import torch
     import torch.nn.functional as F
 
-    from segensemble.images import list_images, read_image
+    from segensemble.formats.images import list_images, read_image
     from segensemble.models.checkpoints import PartialSpec, load_checkpoint
 
     torch.set_num_threads(threads)
@@ -126,9 +126,9 @@ def run_torch(work: Path, size: int, threads: int, device: str, batched_fp16: bo
 
 def run_engine(work: Path, threads: int, batch_images: int, workers: int, providers: list[str] | None, trt_fp16: bool,
                name: str) -> dict:
-    from segensemble.ensemble.engine import PROBS, Engine, Want
-    from segensemble.ensemble.sessions import RuntimeOptions
-    from segensemble.images import list_images
+    from segensemble.formats.images import list_images
+    from segensemble.runtime.engine import PROBS, Engine, Want
+    from segensemble.runtime.sessions import RuntimeOptions
 
     options = RuntimeOptions(tuple(providers) if providers else None, threads=max(1, threads // workers), trt_fp16=trt_fp16)
     engine = Engine.from_build(work / "build", options, max_batch=batch_images, workers=workers)

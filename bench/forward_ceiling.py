@@ -35,9 +35,9 @@ def main() -> None:
 
     import torch
 
-    from segensemble.ensemble.sessions import RuntimeOptions, open_session
-    from segensemble.ensemble.views import padded_size, scaled_size
     from segensemble.models.checkpoints import PartialSpec, load_checkpoint
+    from segensemble.runtime.sessions import RuntimeOptions, open_session
+    from segensemble.runtime.views import padded_size, scaled_size
 
     torch.set_num_threads(args.threads)
     totals = {"torch": 0.0, "ort": 0.0}

@@ -1,7 +1,9 @@
-"""segensemble: ensembles of segmentation models, exported to ONNX, soft-voted, predicted and served.
+"""segensemble: ensembles of segmentation models, exported to ONNX as one graph, predicted and served.
 
-The runtime (``segensemble.ensemble``, ``segensemble.outputs``, ``segensemble.serve``) never imports torch;
-torch and segmentation-models-pytorch are needed only by ``segensemble.models`` and ``segensemble.export``.
+Laid out along the data flow: ``plan`` → ``models`` + ``export`` (torch side: checkpoints → member ONNX →
+``ensemble.onnx``) → ``runtime`` (one ONNX Runtime session over the graph) → ``jobs`` (predict, evaluate,
+pseudo-label, analyze) → ``formats`` (CSV, masks, COCO) and ``serve`` (HTTP). Everything from ``runtime``
+on never imports torch; torch and segmentation-models-pytorch are needed only by ``models`` and ``export``.
 """
 
 __version__ = "0.1.0"

@@ -107,7 +107,7 @@ def built(ckpt_dir, data, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def engine(built):
-    from segensemble.ensemble.engine import Engine
+    from segensemble.runtime.engine import Engine
 
     return Engine.from_build(built["dir"])
 

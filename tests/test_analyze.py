@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from segensemble.analysis.report import AnalyzeOptions, analyze
-from segensemble.analysis.selection import greedy_selection, weight_search
-from segensemble.ensemble.engine import Engine
-from segensemble.ensemble.evaluate import EvaluateOptions, evaluate
 from segensemble.export.graph import build_graph
+from segensemble.jobs.analyze.report import AnalyzeOptions, analyze
+from segensemble.jobs.analyze.selection import greedy_selection, weight_search
+from segensemble.jobs.evaluate import EvaluateOptions, evaluate
 from segensemble.manifest import GraphEntry
 from segensemble.models.checkpoints import file_sha256
 from segensemble.plan import load_plan
+from segensemble.runtime.engine import Engine
 
 
 @pytest.fixture(scope="module")

@@ -95,7 +95,7 @@ def test_fixed_shape_member_refuses_views_it_cannot_take(tmp_path):
     result = build(load_plan(plan_file), tmp_path / "out", quiet=True)
     assert result.manifest.members[0].models[0].fixed_hw == (64, 96) and result.reused == 1
     # inside ensemble.onnx the fixed member always sees its own shape, so any image size runs
-    from segensemble.ensemble.engine import Engine
+    from segensemble.runtime.engine import Engine
 
     engine = Engine.from_build(tmp_path / "out")
     images = [np.zeros((h, w, 3), np.uint8) for h, w in ((64, 96), (37, 150), (200, 50))]

@@ -10,10 +10,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from segensemble.ensemble.engine import LABELS, MEMBERS, PROBS, Want
 from segensemble.export.reference import Reference, bilinear
-from segensemble.images import read_image
+from segensemble.formats.images import read_image
 from segensemble.manifest import read_manifest
+from segensemble.runtime.engine import LABELS, MEMBERS, PROBS, Want
 
 EVERYTHING = Want({LABELS, PROBS, MEMBERS})
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import CLASSES
 
-from segensemble.ensemble.engine import LABELS, MEMBERS, Want
-from segensemble.ensemble.evaluate import EvaluateOptions, evaluate
 from segensemble.errors import SegEnsembleError
-from segensemble.images import read_image
-from segensemble.outputs.coco import IGNORE, category_map, label_map, load_coco
+from segensemble.formats.coco import IGNORE, category_map, label_map, load_coco
+from segensemble.formats.images import read_image
+from segensemble.jobs.evaluate import EvaluateOptions, evaluate
+from segensemble.runtime.engine import LABELS, MEMBERS, Want
 
 
 def _miou(gts, preds, k):

@@ -22,7 +22,7 @@ from PIL import Image
 from test_serve import running_server
 
 from segensemble.errors import CheckpointError, ImageError, PlanError, SegEnsembleError
-from segensemble.outputs.paths import check_image_name, output_path
+from segensemble.formats.paths import check_image_name, output_path
 from segensemble.plan import load_plan
 
 
@@ -132,7 +132,7 @@ def test_queue_places_are_taken_before_decoding(built):
     """admit() refuses past max_queue without any image decoded; release() gives a place back."""
     import asyncio
 
-    from segensemble.ensemble.engine import Engine
+    from segensemble.runtime.engine import Engine
     from segensemble.serve.batching import Batcher, QueueFull
 
     async def scenario():
@@ -152,7 +152,7 @@ def test_a_failed_call_fails_its_requests_once_and_is_not_run_again(built):
     """Two requests in one call that ONNX Runtime rejects (4 channels): both get the error, one run in all."""
     import asyncio
 
-    from segensemble.ensemble.engine import Engine
+    from segensemble.runtime.engine import Engine
     from segensemble.serve.batching import Batcher
 
     engine = Engine.from_build(built["dir"])
@@ -175,8 +175,8 @@ def test_a_failed_call_fails_its_requests_once_and_is_not_run_again(built):
 
 
 def test_a_cancelled_run_stops_and_the_engine_stays_usable(built):
-    from segensemble.ensemble.engine import Engine
-    from segensemble.ensemble.sessions import RunCancelled, RunControl
+    from segensemble.runtime.engine import Engine
+    from segensemble.runtime.sessions import RunCancelled, RunControl
 
     engine = Engine.from_build(built["dir"])
     control = RunControl()
@@ -324,7 +324,7 @@ def build_copy(built, tmp_path):
 
 
 def test_a_swapped_graph_is_refused(build_copy):
-    from segensemble.ensemble.engine import Engine
+    from segensemble.runtime.engine import Engine
 
     shutil.copyfile(build_copy / "ensemble.fast.onnx", build_copy / "ensemble.onnx")
     with pytest.raises(SegEnsembleError, match="ensemble.onnx: its sha256 differs"):
@@ -334,7 +334,7 @@ def test_a_swapped_graph_is_refused(build_copy):
 
 
 def test_a_manifest_with_other_classes_is_refused(build_copy):
-    from segensemble.ensemble.engine import Engine
+    from segensemble.runtime.engine import Engine
 
     raw = json.loads((build_copy / "manifest.json").read_text())
     raw["classes"] = raw["classes"][:3]
@@ -344,7 +344,7 @@ def test_a_manifest_with_other_classes_is_refused(build_copy):
 
 
 def test_a_missing_graph_and_a_future_format_are_refused(build_copy):
-    from segensemble.ensemble.engine import Engine
+    from segensemble.runtime.engine import Engine
 
     (build_copy / "ensemble.onnx").unlink()
     with pytest.raises(SegEnsembleError, match="ensemble.onnx: listed in manifest.json but missing"):

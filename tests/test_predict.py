@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import read_png
 
-from segensemble.ensemble.predict import PredictOptions, predict_to_files
 from segensemble.errors import ImageError
-from segensemble.images import list_images, read_image
+from segensemble.formats.images import list_images, read_image
+from segensemble.jobs.predict import PredictOptions, predict_to_files
 
 csv.field_size_limit(1 << 30)
 
@@ -46,7 +46,7 @@ def test_csv_rows_are_the_masks_resized_like_the_baseline(engine, data, tmp_path
 def test_coco_order_and_submission_size(engine, data, tmp_path):
     import json
 
-    from segensemble.outputs.coco import coco_images
+    from segensemble.formats.coco import coco_images
 
     coco = json.loads(data["test"].coco.read_text())
     coco["images"] = coco["images"][::-1]

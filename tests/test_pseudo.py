@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from conftest import CLASSES, read_png
 
-from segensemble.ensemble.engine import PROBS, Prediction, Want
-from segensemble.ensemble.pseudo_label import PseudoOptions, pseudo_label
 from segensemble.errors import SegEnsembleError
-from segensemble.images import ImageRef, list_images, read_image
-from segensemble.outputs.coco import load_coco
-from segensemble.outputs.pseudo import PseudoRule, decide
+from segensemble.formats.coco import load_coco
+from segensemble.formats.images import ImageRef, list_images, read_image
+from segensemble.jobs.pseudo_label import PseudoOptions, pseudo_label
+from segensemble.jobs.pseudo_rule import PseudoRule, decide
+from segensemble.runtime.engine import PROBS, Prediction, Want
 
 F32_08 = np.float32(0.8)
 JUST_ABOVE = np.nextafter(F32_08, np.float32(1))

@@ -10,10 +10,10 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
 from segensemble.dist.ray_engine import RayEngine  # noqa: E402
-from segensemble.ensemble.predict import PredictOptions, predict_to_files  # noqa: E402
-from segensemble.ensemble.pseudo_label import PseudoOptions, pseudo_label  # noqa: E402
-from segensemble.images import list_images  # noqa: E402
-from segensemble.outputs.pseudo import PseudoRule  # noqa: E402
+from segensemble.formats.images import list_images  # noqa: E402
+from segensemble.jobs.predict import PredictOptions, predict_to_files  # noqa: E402
+from segensemble.jobs.pseudo_label import PseudoOptions, pseudo_label  # noqa: E402
+from segensemble.jobs.pseudo_rule import PseudoRule  # noqa: E402
 
 
 @pytest.fixture(scope="module")

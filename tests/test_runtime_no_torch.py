@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 RUNTIME = [
-    "segensemble.cli", "segensemble.plan", "segensemble.manifest", "segensemble.images",
-    "segensemble.ensemble.engine", "segensemble.ensemble.predict", "segensemble.ensemble.evaluate",
-    "segensemble.outputs.submission", "segensemble.outputs.masks", "segensemble.outputs.coco",
-    "segensemble.outputs.metrics", "segensemble.outputs.pseudo", "segensemble.serve.app",
+    "segensemble.cli", "segensemble.plan", "segensemble.manifest", "segensemble.formats.images",
+    "segensemble.runtime.engine", "segensemble.jobs.predict", "segensemble.jobs.evaluate",
+    "segensemble.formats.submission", "segensemble.formats.masks", "segensemble.formats.coco",
+    "segensemble.jobs.metrics", "segensemble.jobs.pseudo_rule", "segensemble.serve.app", "segensemble.jobs.analyze.report",
+    "segensemble.runtime.sessions", "segensemble.export.graph", "segensemble.export.verify_graph", "segensemble.formats.paths",
 ]
 
 

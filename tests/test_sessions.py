@@ -7,10 +7,10 @@ import logging
 import numpy as np
 import pytest
 
-from segensemble.ensemble.engine import LABELS, MEMBERS, PROBS, Engine, Want
-from segensemble.ensemble.sessions import CPU, CUDA, TRT, GraphSession, RuntimeOptions, resolve_providers, trt_profile_shapes
 from segensemble.errors import SegEnsembleError
-from segensemble.images import read_image
+from segensemble.formats.images import read_image
+from segensemble.runtime.engine import LABELS, MEMBERS, PROBS, Engine, Want
+from segensemble.runtime.sessions import CPU, CUDA, TRT, GraphSession, RuntimeOptions, resolve_providers, trt_profile_shapes
 
 GPU_BUILD = [TRT, CUDA, CPU]
 
@@ -20,7 +20,7 @@ def test_preferred_order_when_everything_is_there():
 
 
 def test_tensorrt_without_its_libraries_uses_cuda_with_one_warning(caplog, monkeypatch):
-    from segensemble.ensemble import sessions
+    from segensemble.runtime import sessions
 
     monkeypatch.setattr(sessions, "_warned_trt", sessions.threading.Event())
     with caplog.at_level(logging.WARNING):
@@ -78,7 +78,7 @@ def test_io_binding_path_equals_plain_run(built, data):
 
 
 def test_tensorrt_profile_from_the_plan(engine):
-    from segensemble.ensemble.engine import trt_default_profile
+    from segensemble.runtime.engine import trt_default_profile
 
     low, opt, high = trt_default_profile(engine.manifest, 4)
     assert low == (1, 32, 32) and opt == (1, 96, 96) and high == (4, 192, 192)  # unet-epochs has input_size 96x96

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import onnxruntime as ort
 
-from segensemble.ensemble.engine import LABELS, PROBS, Want
 from segensemble.export.graph import member_output
-from segensemble.images import list_images, read_image
+from segensemble.formats.images import list_images, read_image
 from segensemble.manifest import read_manifest
+from segensemble.runtime.engine import LABELS, PROBS, Want
 
 
 def test_export_triton_repository(built, engine, data, tmp_path):

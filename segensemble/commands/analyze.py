@@ -31,11 +31,11 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from segensemble.analysis.report import AnalyzeOptions, analyze
     from segensemble.commands.common import budget, default_build_dir
-    from segensemble.ensemble.engine import Engine
     from segensemble.errors import SegEnsembleError
+    from segensemble.jobs.analyze.report import AnalyzeOptions, analyze
     from segensemble.plan import load_plan
+    from segensemble.runtime.engine import Engine
 
     if not 0 <= args.holdout < 1:
         raise SegEnsembleError(f"--holdout must be in [0, 1), got {args.holdout}")

@@ -55,8 +55,8 @@ def budget(args) -> Budget:
 
 def open_engine(args):
     """The engine the flags ask for: local (one ONNX Runtime session over the build's graph) or Ray actors."""
-    from segensemble.ensemble.engine import Engine
-    from segensemble.ensemble.sessions import RuntimeOptions
+    from segensemble.runtime.engine import Engine
+    from segensemble.runtime.sessions import RuntimeOptions
 
     build_dir = args.build
     if args.plan:
@@ -81,8 +81,8 @@ def open_engine(args):
 
 
 def image_refs(args):
-    from segensemble.images import list_images
-    from segensemble.outputs.coco import coco_images
+    from segensemble.formats.coco import coco_images
+    from segensemble.formats.images import list_images
 
     if args.coco:
         return coco_images(args.coco, args.images)

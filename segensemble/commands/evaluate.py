@@ -22,8 +22,8 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from segensemble.ensemble.evaluate import EvaluateOptions, evaluate, format_table
-    from segensemble.outputs.atomic import write_atomic
+    from segensemble.formats.atomic import write_atomic
+    from segensemble.jobs.evaluate import EvaluateOptions, evaluate, format_table
 
     engine = open_engine(args)
     report = evaluate(engine, args.coco, args.images, EvaluateOptions(args.unlabeled, args.batch_images, not args.quiet))

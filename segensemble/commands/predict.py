@@ -26,7 +26,7 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from segensemble.ensemble.predict import PredictOptions, predict_to_files
+    from segensemble.jobs.predict import PredictOptions, predict_to_files
 
     csv_path = args.output or (None if (args.save_masks or args.save_probs) else Path("submission.csv"))
     engine = open_engine(args)

@@ -49,8 +49,8 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from segensemble.ensemble.pseudo_label import PseudoOptions, pseudo_label
-    from segensemble.outputs.pseudo import PseudoRule
+    from segensemble.jobs.pseudo_label import PseudoOptions, pseudo_label
+    from segensemble.jobs.pseudo_rule import PseudoRule
 
     rule = PseudoRule(args.min_prob, args.max_uncertain, _background(args.background), args.keep_empty,
                       args.ignore_uncertain, args.ignore_index)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.cost import Budget
-from segensemble.ensemble.engine import LABELS, MEMBERS, PROBS, Prediction, Want
+from segensemble.runtime.engine import LABELS, MEMBERS, PROBS, Prediction, Want
 from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.export.graph import member_output
-from segensemble.images import ImageRef
+from segensemble.formats.images import ImageRef
 from segensemble.manifest import MemberEntry, read_manifest
 
 
@@ -35,14 +35,14 @@ class EnsembleActor:
     """One engine per actor; called on batches of rows {index, path}; returns the outputs asked for."""
 
     def __init__(self, build_dir: str, want: list[str], threads: int = 0, profile: str | None = None, budget: tuple = ()):
-        from segensemble.ensemble.engine import Engine
-        from segensemble.ensemble.sessions import RuntimeOptions
+        from segensemble.runtime.engine import Engine
+        from segensemble.runtime.sessions import RuntimeOptions
 
         self.engine = Engine.from_build(build_dir, RuntimeOptions(threads=threads), profile=profile, budget=Budget(*budget))
         self.want = Want(want)
 
     def __call__(self, batch: dict) -> dict:
-        from segensemble.images import read_image
+        from segensemble.formats.images import read_image
 
         images, errors = [], []
         for path in batch["path"]:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from segensemble.errors import PlanError
 from segensemble.export.onnx_export import OPSET, ExportOptions, export_onnx
 from segensemble.export.verify_graph import write_graphs
-from segensemble.images import list_images
+from segensemble.formats.images import list_images
 from segensemble.manifest import Manifest, MemberEntry, ModelEntry
 from segensemble.models.checkpoints import PartialSpec, file_sha256, load_checkpoint
 from segensemble.models.swa import SwaReport, average_checkpoints, bn_batches, recalibrate_bn
@@ -86,7 +86,7 @@ def _previous(out: Path) -> Manifest | None:
 
 
 def _providers() -> list[str]:
-    from segensemble.ensemble.sessions import resolve_providers
+    from segensemble.runtime.sessions import resolve_providers
 
     return resolve_providers(None)
 
@@ -202,7 +202,7 @@ def _member_entry(member: MemberSpec, models: list[ModelEntry]) -> MemberEntry:
 
 def _check_fixed_shapes(entry: MemberEntry, where: str) -> None:
     """A graph exported at a fixed size must be able to take every view the member asks for."""
-    from segensemble.ensemble.views import TTA, padded_size, scaled_size
+    from segensemble.runtime.views import TTA, padded_size, scaled_size
 
     for model in entry.models:
         if not model.fixed_hw:

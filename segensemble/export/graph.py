@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segensemble.ensemble.views import TTA, scaled_size
 from segensemble.errors import SegEnsembleError
 from segensemble.manifest import Manifest, MemberEntry
+from segensemble.runtime.views import TTA, scaled_size
 
 GRAPH_FILE = "ensemble.onnx"
 GRAPH_FORMAT = "1"  # bump when the graph's contract (inputs, outputs, semantics) changes

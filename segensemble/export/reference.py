@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segensemble.ensemble.views import TTA
 from segensemble.manifest import Manifest
+from segensemble.runtime.views import TTA
 
 
 def bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

@@ -79,8 +79,8 @@ def bn_batches(folder: str | Path, size_hw: tuple[int, int] | None, mean, std, s
     """Images from ``folder`` preprocessed exactly as the engine feeds a model at scale 1, batched by shape."""
     from tqdm import tqdm
 
-    from segensemble.ensemble.views import prepare_input
-    from segensemble.images import list_images, read_image
+    from segensemble.formats.images import list_images, read_image
+    from segensemble.runtime.views import prepare_input
 
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     pending: list[np.ndarray] = []

@@ -21,8 +21,8 @@ def create_app(settings: ServeSettings):
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from segensemble.ensemble.engine import Engine
-        from segensemble.ensemble.sessions import RuntimeOptions
+        from segensemble.runtime.engine import Engine
+        from segensemble.runtime.sessions import RuntimeOptions
         from segensemble.serve.batching import Batcher
         from segensemble.serve.metrics import Metrics
 

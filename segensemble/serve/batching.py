@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from segensemble.ensemble.sessions import RunCancelled, RunControl
+from segensemble.runtime.sessions import RunCancelled, RunControl
 
 SHRINK_AFTER_MB = 256.0
 

@@ -10,11 +10,11 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
-from segensemble.ensemble.engine import LABELS, PROBS, Want
 from segensemble.errors import ImageError, SegEnsembleError
-from segensemble.images import decode_image, header_size
-from segensemble.outputs.coco import class_rles
-from segensemble.outputs.masks import encode_png, encode_probs
+from segensemble.formats.coco import class_rles
+from segensemble.formats.images import decode_image, header_size
+from segensemble.formats.masks import encode_png, encode_probs
+from segensemble.runtime.engine import LABELS, PROBS, Want
 from segensemble.serve.batching import DeadlineExceeded, QueueFull
 from segensemble.serve.body import ClientGone, read_image_bytes
 from segensemble.serve.schemas import ErrorBody, Ready, SegmentJson

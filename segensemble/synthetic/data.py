@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segensemble.outputs.atomic import write_atomic
-from segensemble.outputs.coco import encode_rle
+from segensemble.formats.atomic import write_atomic
+from segensemble.formats.coco import encode_rle
 
 TRASH_CLASSES = ["Background", "General trash", "Paper", "Paper pack", "Metal", "Glass",
                  "Plastic", "Styrofoam", "Plastic bag", "Battery", "Clothing"]

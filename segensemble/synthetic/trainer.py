@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segensemble.images import read_image
+from segensemble.formats.images import read_image
 from segensemble.models.registry import ModelSpec, create_model
 
 TINY_KWARGS = {

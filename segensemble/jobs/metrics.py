@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segensemble.outputs.coco import IGNORE
+from segensemble.formats.coco import IGNORE
 
 
 def confusion(gt: np.ndarray, pred: np.ndarray, classes: int) -> np.ndarray:

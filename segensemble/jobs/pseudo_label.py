@@ -15,13 +15,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from segensemble.ensemble.engine import PROBS, Runner, Want
 from segensemble.errors import ImageError, SegEnsembleError
-from segensemble.images import ImageRef
-from segensemble.outputs.atomic import write_atomic
-from segensemble.outputs.coco_writer import assemble, categories, image_annotations, merge, read_json
-from segensemble.outputs.masks import mask_path, save_mask
-from segensemble.outputs.pseudo import PseudoRule, decide, share_histogram
+from segensemble.formats.atomic import write_atomic
+from segensemble.formats.coco_writer import assemble, categories, image_annotations, merge, read_json
+from segensemble.formats.images import ImageRef
+from segensemble.formats.masks import mask_path, save_mask
+from segensemble.jobs.pseudo_rule import PseudoRule, decide, share_histogram
+from segensemble.runtime.engine import PROBS, Runner, Want
 
 REPORT_HEADER = ["image", "nonbackground_pixels", "uncertain_pixels", "uncertain_share", "decision"]
 

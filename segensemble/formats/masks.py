@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segensemble.outputs.atomic import write_bytes_atomic
-from segensemble.outputs.paths import output_path
+from segensemble.formats.atomic import write_bytes_atomic
+from segensemble.formats.paths import output_path
 
 
 def encode_png(labels: np.ndarray) -> bytes:

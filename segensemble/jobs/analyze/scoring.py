@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from segensemble.analysis.cache import ViewCache
-from segensemble.analysis.variants import coefficients, member_views
+from segensemble.jobs.analyze.cache import ViewCache
+from segensemble.jobs.analyze.variants import coefficients, member_views
+from segensemble.jobs.metrics import IouMeter
 from segensemble.manifest import MemberEntry
-from segensemble.outputs.metrics import IouMeter
 
 
 def score_views(cache: ViewCache, coeffs: dict[int, float], gts, images: list[int], names: list[str]) -> dict:

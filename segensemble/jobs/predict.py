@@ -8,11 +8,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from segensemble.ensemble.engine import LABELS, PROBS, Runner, Want
 from segensemble.errors import ImageError
-from segensemble.images import ImageRef
-from segensemble.outputs.masks import mask_path, probs_path, save_mask, save_probs
-from segensemble.outputs.submission import SubmissionWriter, submission_string
+from segensemble.formats.images import ImageRef
+from segensemble.formats.masks import mask_path, probs_path, save_mask, save_probs
+from segensemble.formats.submission import SubmissionWriter, submission_string
+from segensemble.runtime.engine import LABELS, PROBS, Runner, Want
 
 
 @dataclass(frozen=True)

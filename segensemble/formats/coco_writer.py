@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.errors import SegEnsembleError
-from segensemble.outputs.coco import encode_rle
+from segensemble.formats.coco import encode_rle
 
 
 def categories(classes: list[str], background: int | None) -> list[dict]:

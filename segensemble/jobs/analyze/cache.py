@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segensemble.ensemble.engine import Engine
-from segensemble.ensemble.sessions import GraphSession, open_graph
 from segensemble.errors import SegEnsembleError
 from segensemble.export.graph import ViewId, build_graph, list_views, view_output
-from segensemble.images import ImageRef, read_image
+from segensemble.formats.images import ImageRef, read_image
 from segensemble.manifest import verify_file
+from segensemble.runtime.engine import Engine
+from segensemble.runtime.sessions import GraphSession, open_graph
 
 
 class ViewCache:

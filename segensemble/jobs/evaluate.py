@@ -7,10 +7,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from segensemble.ensemble.engine import LABELS, MEMBERS, Runner, Want
 from segensemble.errors import SegEnsembleError
-from segensemble.outputs.coco import IGNORE, category_map, coco_images, has_background, label_map, load_coco
-from segensemble.outputs.metrics import IouMeter
+from segensemble.formats.coco import IGNORE, category_map, coco_images, has_background, label_map, load_coco
+from segensemble.jobs.metrics import IouMeter
+from segensemble.runtime.engine import LABELS, MEMBERS, Runner, Want
 
 ENSEMBLE = "ensemble"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.errors import ImageError, SegEnsembleError
-from segensemble.images import ImageRef
-from segensemble.outputs.paths import check_image_name
+from segensemble.formats.images import ImageRef
+from segensemble.formats.paths import check_image_name
 
 IGNORE = 255
 BACKGROUND_NAMES = {"background", "bg", "_background_", "backgroud"}

@@ -19,11 +19,11 @@ from typing import Protocol
 import numpy as np
 
 from segensemble.cost import Budget, Cost, image_cost
-from segensemble.ensemble.sessions import GraphSession, RunControl, RuntimeOptions, open_graph
 from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.export.graph import member_output
-from segensemble.images import ImageRef, read_image
+from segensemble.formats.images import ImageRef, read_image
 from segensemble.manifest import Manifest, MemberEntry, read_manifest, verify_file
+from segensemble.runtime.sessions import GraphSession, RunControl, RuntimeOptions, open_graph
 
 LABELS, PROBS, MEMBERS = "labels", "probs", "members"
 Want = frozenset  # of LABELS, PROBS, MEMBERS: what a job needs back from the graph

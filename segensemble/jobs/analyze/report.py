@@ -11,17 +11,17 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from segensemble.analysis.cache import ViewCache, build_cache
-from segensemble.analysis.pictures import confusion_heatmap, image_grid, iou_bars
-from segensemble.analysis.scoring import MemberProbs, score_views
-from segensemble.analysis.selection import greedy_selection, weight_search
-from segensemble.analysis.variants import ablations, all_views, coefficients, member_views
-from segensemble.ensemble.engine import Engine
-from segensemble.ensemble.evaluate import unlabeled_value
-from segensemble.images import read_image
-from segensemble.outputs.atomic import write_atomic
-from segensemble.outputs.coco import category_map, coco_images, label_map, load_coco
+from segensemble.formats.atomic import write_atomic
+from segensemble.formats.coco import category_map, coco_images, label_map, load_coco
+from segensemble.formats.images import read_image
+from segensemble.jobs.analyze.cache import ViewCache, build_cache
+from segensemble.jobs.analyze.pictures import confusion_heatmap, image_grid, iou_bars
+from segensemble.jobs.analyze.scoring import MemberProbs, score_views
+from segensemble.jobs.analyze.selection import greedy_selection, weight_search
+from segensemble.jobs.analyze.variants import ablations, all_views, coefficients, member_views
+from segensemble.jobs.evaluate import unlabeled_value
 from segensemble.plan import SOURCES, Plan
+from segensemble.runtime.engine import Engine
 
 
 @dataclass(frozen=True)
