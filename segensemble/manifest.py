@@ -5,15 +5,27 @@ Written by ``ensemble build`` (torch side), read by the engine (runtime side); p
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from segensemble.errors import SegEnsembleError
+from segensemble.errors import SegEnsembleError, first_line
+from segensemble.plan import Profile
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 2  # 2: the ensemble graph (ensemble.onnx) is part of every build
+
+
+class Parity(BaseModel):
+    """How a member export matched PyTorch (ONNX Runtime vs the model, at ``shapes``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_abs_logit: float
+    argmax_agreement: float
+    shapes: list[list[int]]
 
 
 class ModelEntry(BaseModel):
@@ -24,7 +36,7 @@ class ModelEntry(BaseModel):
     sha256: str  # of the source checkpoint(s), not of the ONNX file
     onnx_sha256: str
     form: str
-    parity: dict | None = None  # {"max_abs_logit": .., "argmax_agreement": .., "shapes": [...]}, None for onnx members
+    parity: Parity | None = None  # None for ONNX members (exported elsewhere, not verified here)
     gflops: float | None = None  # per forward pass at gflops_hw
     gflops_hw: tuple[int, int] | None = None
     fixed_hw: tuple[int, int] | None = None
@@ -58,6 +70,28 @@ class MemberEntry(BaseModel):
         return len(self.models) * len(self.scales) * len(self.tta)
 
 
+class Verification(BaseModel):
+    """How an ensemble graph matched the reference loop at build time (``export/verify_graph.py``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_abs_prob: float
+    labels_agree: float  # share of pixels with a clear top-two margin whose label equals the reference's
+    sizes: list[list[int]]
+    batch: int
+    batch_vs_alone: float = 0.0
+
+
+class PlanCost(BaseModel):
+    """Forward passes and estimated GFLOPs per image (members without input_size counted at ``at_hw``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    forward_passes: int
+    gflops: float | None
+    at_hw: tuple[int, int]
+
+
 class GraphEntry(BaseModel):
     """An ensemble graph of the build (the whole plan or one profile) and how it was verified."""
 
@@ -66,7 +100,7 @@ class GraphEntry(BaseModel):
     file: str
     sha256: str
     cache_key: str
-    verified: dict  # {"max_abs_prob": .., "labels_agree": .., "sizes": [[h, w], ..], "batch": n}
+    verified: Verification | None = None  # None only for graphs built outside `ensemble build` (tests, analyze)
 
 
 class Manifest(BaseModel):
@@ -76,9 +110,9 @@ class Manifest(BaseModel):
     classes: list[str]
     members: list[MemberEntry]
     providers: list[str]
-    cost: dict  # {"forward_passes": int, "gflops": float | None, "at_hw": [h, w]}
+    cost: PlanCost
     plan: str | None = None
-    profiles: dict[str, dict] = {}  # name -> {members, tta, scales}: lighter subsets, e.g. for serving
+    profiles: dict[str, Profile] = {}  # lighter named subsets, e.g. for serving
     graphs: dict[str, GraphEntry] = {}  # "" -> ensemble.onnx; profile name -> that profile's graph
 
     def graph_entry(self, profile: str | None) -> GraphEntry:
@@ -95,18 +129,30 @@ class Manifest(BaseModel):
         """This manifest restricted to a named profile (None: the whole ensemble)."""
         if name is None:
             return self
-        from segensemble.plan import Profile, apply_profile
+        from segensemble.plan import apply_profile
 
         if name not in self.profiles:
             raise SegEnsembleError(f"no profile {name!r} in this build; profiles: {sorted(self.profiles) or 'none'}")
-        members = apply_profile(self.members, Profile(**self.profiles[name]), f"profiles.{name}")
+        members = apply_profile(self.members, self.profiles[name], f"profiles.{name}")
         return self.model_copy(update={"members": members})
 
     def write(self, build_dir: Path) -> None:
-        target = build_dir / MANIFEST_NAME
-        tmp = target.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2))
-        tmp.replace(target)
+        from segensemble.formats.atomic import write_atomic
+
+        write_atomic(build_dir / MANIFEST_NAME, lambda tmp: tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2)))
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (names and bytes, sorted) for smp directories."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 _VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 already checked in this process
@@ -114,8 +160,6 @@ _VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha
 
 def verify_file(build_dir: Path, file: str, sha256: str) -> Path:
     """The build's ``file``, checked against the sha256 the manifest recorded (once per file and version)."""
-    from segensemble.models.checkpoints import file_sha256
-
     path = Path(build_dir) / file
     if not path.is_file():
         raise SegEnsembleError(f"{path}: listed in {MANIFEST_NAME} but missing; rerun `ensemble build plan.yaml -o {build_dir}`")
@@ -136,7 +180,7 @@ def read_manifest(build_dir: str | Path) -> Manifest:
     try:
         raw = json.loads(path.read_text())
     except ValueError as exc:
-        raise SegEnsembleError(f"{path}: invalid manifest ({str(exc).splitlines()[0]})") from exc
+        raise SegEnsembleError(f"{path}: invalid manifest ({first_line(exc)})") from exc
     if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else None
         raise SegEnsembleError(f"{path}: manifest format {found}, this segensemble reads format {MANIFEST_FORMAT}; "
@@ -144,4 +188,4 @@ def read_manifest(build_dir: str | Path) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValueError as exc:
-        raise SegEnsembleError(f"{path}: invalid manifest ({str(exc).splitlines()[0]})") from exc
+        raise SegEnsembleError(f"{path}: invalid manifest ({first_line(exc)})") from exc

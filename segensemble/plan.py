@@ -4,7 +4,7 @@ Every error names the YAML path of the bad field and what was expected, e.g.
 ``members[2].scales[1]: must be > 0``. Fields under ``defaults`` apply to every member that does not set
 them. Relative paths resolve against the plan file's folder. Plans are untrusted input: numbers must be
 finite and within the bounds below, and a YAML document whose aliases would expand past
-``MAX_YAML_NODES`` (a "billion laughs") is refused before anything is built from it.
+``MAX_YAML_NODES`` (a "billion laughs") is refused before anything is built from it (``yaml_guard``).
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
 from segensemble.cost import Budget, image_cost
 from segensemble.errors import PlanError
+from segensemble.yaml_guard import load_yaml
 
 # bounds on what a plan may ask for: far past any real ensemble, short of what exhausts a machine
 MAX_PLAN_BYTES = 1 << 20
-MAX_YAML_NODES = 100_000
 MAX_CLASSES = 4096
 MAX_MEMBERS = 256
 MAX_MODELS_PER_MEMBER = 64
@@ -34,8 +34,6 @@ PLAN_BUDGET = Budget(max_megapixel_views=1024.0, max_memory_mb=65536.0)  # for t
 
 TtaName = Literal["identity", "hflip", "vflip", "rot90", "rot270", "transpose"]
 SOURCES = ("checkpoint", "folds", "epochs", "swa", "onnx")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ViewOptions(BaseModel):
@@ -157,45 +155,6 @@ def load_plan(path: str | Path) -> Plan:
     except OSError as exc:
         raise PlanError(f"{path}: cannot read plan ({exc.strerror or exc})") from exc
     return parse_plan(raw, base_dir=path.parent, source=path)
-
-
-def load_yaml(text: str, where: str):
-    """yaml.safe_load that refuses documents whose aliases expand past MAX_YAML_NODES or refer to themselves."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        size = _expanded_size(node, {}, set(), where)
-        if size > MAX_YAML_NODES:
-            raise PlanError(f"{where}: the YAML expands to {size} nodes through its aliases (limit {MAX_YAML_NODES}); "
-                            "refused as an alias bomb")
-        return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        raise PlanError(f"{where}: not valid YAML ({exc})") from exc
-    except RecursionError:
-        raise PlanError(f"{where}: the YAML is nested too deeply") from None
-    finally:
-        loader.dispose()
-
-
-def _expanded_size(node, memo: dict, open_: set, where: str) -> int:
-    """Nodes in the document once every alias is expanded, counted without expanding (aliases share nodes)."""
-    key = id(node)
-    if key in memo:
-        return memo[key]
-    if key in open_:
-        raise PlanError(f"{where}: a YAML alias refers to a node that contains it (line {node.start_mark.line + 1})")
-    open_.add(key)
-    if isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded_size(child, memo, open_, where) for child in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        size = 1 + sum(_expanded_size(k, memo, open_, where) + _expanded_size(v, memo, open_, where) for k, v in node.value)
-    else:
-        size = 1
-    open_.discard(key)
-    memo[key] = min(size, MAX_YAML_NODES + 1)  # no need to count further, and no huge integers
-    return memo[key]
 
 
 def parse_plan(raw: object, base_dir: Path, source: Path | None = None) -> Plan:

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segensemble.synthetic.trainer import TINY_KWARGS
+
 CLASSES = ["Background", "General trash", "Paper", "Metal"]
-UNET_KW = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
-FPN_KW = {"decoder_pyramid_channels": 64, "decoder_segmentation_channels": 32}
+UNET_KW, FPN_KW = TINY_KWARGS["Unet"], TINY_KWARGS["FPN"]
 
 
 @pytest.fixture(scope="session")

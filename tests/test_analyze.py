@@ -12,8 +12,7 @@ from segensemble.export.graph import build_graph
 from segensemble.jobs.analyze.report import AnalyzeOptions, analyze
 from segensemble.jobs.analyze.selection import greedy_selection, weight_search
 from segensemble.jobs.evaluate import EvaluateOptions, evaluate
-from segensemble.manifest import GraphEntry
-from segensemble.models.checkpoints import file_sha256
+from segensemble.manifest import GraphEntry, file_sha256
 from segensemble.plan import load_plan
 from segensemble.runtime.engine import Engine
 
@@ -36,7 +35,7 @@ def test_cache_scores_equal_running_the_ensemble(report, engine, built, data, tm
     no_tta = engine.manifest.model_copy(update={"members": [
         m.model_copy(update={"tta": ["identity" if "identity" in m.tta else m.tta[0]]}) for m in engine.manifest.members]})
     graph = build_graph(no_tta, built["dir"], tmp_path / "no_tta.onnx")
-    entry = GraphEntry(file=str(graph), sha256=file_sha256(graph), cache_key="", verified={})
+    entry = GraphEntry(file=str(graph), sha256=file_sha256(graph), cache_key="")
     no_tta = no_tta.model_copy(update={"graphs": {"": entry}})
     direct_no_tta = evaluate(Engine(no_tta, built["dir"]), data["test"].coco, data["test"].images, EvaluateOptions(progress=False))
     assert rows["no TTA"]["miou"] == pytest.approx(direct_no_tta["ensemble"]["miou"], abs=1e-9)

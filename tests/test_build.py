@@ -106,11 +106,11 @@ def test_build_writes_verified_graphs_and_reuses_them(built):
     manifest = read_manifest(built["dir"])
     assert set(manifest.graphs) == {"", "fast"}
     for entry in manifest.graphs.values():
-        assert (built["dir"] / entry.file).is_file() and entry.verified["max_abs_prob"] <= 1e-4
-        assert entry.verified["labels_agree"] == 1.0
+        assert (built["dir"] / entry.file).is_file() and entry.verified.max_abs_prob <= 1e-4
+        assert entry.verified.labels_agree == 1.0
     whole, fast = manifest.graphs[""].verified, manifest.graphs["fast"].verified
-    assert len(whole["sizes"]) == 3 and whole["batch"] == 2 and whole["batch_vs_alone"] <= 1e-5  # a member runs at the image size
-    assert len(fast["sizes"]) == 1
+    assert len(whole.sizes) == 3 and whole.batch == 2 and whole.batch_vs_alone <= 1e-5  # a member runs at the image size
+    assert len(fast.sizes) == 1
     again = build(load_plan(built["plan"]), built["dir"], quiet=True)  # nothing changed: exports and graphs reused
     assert again.manifest.graphs == manifest.graphs and again.reused == 7
 

@@ -54,7 +54,7 @@ def test_readyz_reports_the_fallback(built):
 
     app = create_app(ServeSettings(build_dir=built["dir"]))
     with TestClient(app) as client:
-        engine = app.state.engine
+        engine = app.state.serve.engine
         engine.graph.requested, engine.graph.active = [CUDA, CPU], [CPU]
         body = client.get("/readyz").json()
     assert body["fell_back_to_cpu"] is True and body["providers"] == [CPU] and body["requested_providers"] == [CUDA, CPU]

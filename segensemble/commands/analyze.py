@@ -31,7 +31,7 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from segensemble.commands.common import budget, default_build_dir
+    from segensemble.commands.common import budget, build_or_given
     from segensemble.errors import SegEnsembleError
     from segensemble.jobs.analyze.report import AnalyzeOptions, analyze
     from segensemble.plan import load_plan
@@ -40,12 +40,7 @@ def run(args) -> int:
     if not 0 <= args.holdout < 1:
         raise SegEnsembleError(f"--holdout must be in [0, 1), got {args.holdout}")
     plan = load_plan(args.plan)
-    build_dir = args.build
-    if build_dir is None:
-        from segensemble.export.build import build
-
-        build_dir = default_build_dir(args.plan)
-        build(plan, build_dir, quiet=args.quiet)
+    build_dir = build_or_given(args.plan, args.build, args.quiet)
     engine = Engine.from_build(build_dir, budget=budget(args))
     options = AnalyzeOptions(args.output, args.holdout, args.seed, args.samples, args.cache_dtype, args.max_images,
                              args.unlabeled, not args.quiet)

@@ -32,7 +32,7 @@ def run(args) -> int:
     for m in result.manifest.members:
         for e in m.models:
             if e.parity:
-                print(f"{e.file}: parity max |Δlogit| {e.parity['max_abs_logit']:.2e}, argmax {e.parity['argmax_agreement']:.4%}")
+                print(f"{e.file}: parity max |Δlogit| {e.parity.max_abs_logit:.2e}, argmax {e.parity.argmax_agreement:.4%}")
     for line in describe(result.manifest.graphs):
         print(line)
     print(f"build: {out} ({result.exported} exported, {result.reused} reused); providers here: {', '.join(result.manifest.providers)}")

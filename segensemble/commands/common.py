@@ -10,8 +10,6 @@ from pathlib import Path
 from segensemble.cost import DEFAULT_MAX_MEGAPIXEL_VIEWS, DEFAULT_MAX_MEMORY_MB, Budget
 from segensemble.errors import SegEnsembleError
 
-IMAGENET = ["0.485", "0.456", "0.406"], ["0.229", "0.224", "0.225"]
-
 
 def floats3(text: list[str], flag: str) -> tuple[float, float, float]:
     if len(text) != 3:
@@ -21,6 +19,18 @@ def floats3(text: list[str], flag: str) -> tuple[float, float, float]:
 
 def default_build_dir(plan: Path) -> Path:
     return plan.parent / "build"
+
+
+def build_or_given(plan: Path | None, build_dir: Path | None, quiet: bool) -> Path:
+    """``build_dir`` as given, or else ``plan`` built first (reusing exports) into build/ beside it."""
+    if build_dir is not None:
+        return build_dir
+    from segensemble.export.build import build
+    from segensemble.plan import load_plan
+
+    build_dir = default_build_dir(plan)
+    build(load_plan(plan), build_dir, quiet=quiet)
+    return build_dir
 
 
 def add_runtime_flags(p) -> None:
@@ -58,13 +68,7 @@ def open_engine(args):
     from segensemble.runtime.engine import Engine
     from segensemble.runtime.sessions import RuntimeOptions
 
-    build_dir = args.build
-    if args.plan:
-        from segensemble.export.build import build
-        from segensemble.plan import load_plan
-
-        build_dir = default_build_dir(args.plan)
-        build(load_plan(args.plan), build_dir, quiet=args.quiet)
+    build_dir = build_or_given(args.plan, args.build, args.quiet)
     if getattr(args, "engine", "local") == "ray":  # the models load in the actors only
         from segensemble.dist.ray_engine import RayEngine
 

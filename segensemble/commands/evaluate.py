@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from segensemble.commands.common import add_runtime_flags, open_engine
+from segensemble.formats.table import text_table
 
 
 def add(sub) -> None:
@@ -23,11 +24,24 @@ def add(sub) -> None:
 
 def run(args) -> int:
     from segensemble.formats.atomic import write_atomic
-    from segensemble.jobs.evaluate import EvaluateOptions, evaluate, format_table
+    from segensemble.jobs.evaluate import EvaluateOptions, evaluate
 
     engine = open_engine(args)
     report = evaluate(engine, args.coco, args.images, EvaluateOptions(args.unlabeled, args.batch_images, not args.quiet))
-    print(format_table(report))
+    print(evaluation_table(report))
     write_atomic(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
     print(f"report: {args.json}")
     return 0
+
+
+def evaluation_table(report: dict) -> str:
+    """Members and the ensemble as rows, per-class IoU as columns."""
+    from segensemble.jobs.evaluate import ENSEMBLE
+
+    rows = [*report["members"].items(), (ENSEMBLE, report["ensemble"])]
+    names = list(report["ensemble"]["iou"])
+    lines = [["model", "mIoU", "mIoU/img", *[n[:10] for n in names]]]
+    for name, r in rows:
+        cells = [name, f"{r['miou']:.4f}", f"{r['miou_per_image']:.4f}"]
+        lines.append(cells + ["-" if r["iou"][n] is None else f"{r['iou'][n]:.3f}" for n in names])
+    return text_table(lines)

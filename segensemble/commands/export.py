@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from segensemble.commands.common import IMAGENET, floats3
+from segensemble.commands.common import floats3
+from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
 from segensemble.errors import SegEnsembleError
 
 
@@ -25,8 +26,9 @@ def add(sub) -> None:
     p.add_argument("--class-names", nargs="+", help="class names, index = class id (stored in the metadata)")
     p.add_argument("--model-kwargs", type=json.loads, default=None, help='extra smp constructor arguments as JSON, '
                    'e.g. \'{"encoder_depth": 3, "decoder_channels": [32, 16, 8]}\'')
-    p.add_argument("--mean", nargs=3, default=IMAGENET[0], metavar="M", help="normalization mean on 0..1 pixels (default ImageNet)")
-    p.add_argument("--std", nargs=3, default=IMAGENET[1], metavar="S", help="normalization std (default ImageNet)")
+    p.add_argument("--mean", nargs=3, default=[str(v) for v in IMAGENET_MEAN], metavar="M",
+                   help="normalization mean on 0..1 pixels (default ImageNet)")
+    p.add_argument("--std", nargs=3, default=[str(v) for v in IMAGENET_STD], metavar="S", help="normalization std (default ImageNet)")
     p.add_argument("--stride", type=int, default=32, help="inputs are padded to a multiple of this (default 32)")
     p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="fixed export size, used when the "
                    "architecture cannot export dynamic height/width (PSPNet's adaptive pooling)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segensemble.errors import PlanError
+from segensemble.errors import PlanError, first_line
 from segensemble.export.onnx_export import OPSET, ExportOptions, export_onnx
 from segensemble.export.verify_graph import write_graphs
+from segensemble.formats.atomic import write_atomic
 from segensemble.formats.images import list_images
-from segensemble.manifest import Manifest, MemberEntry, ModelEntry
-from segensemble.models.checkpoints import PartialSpec, file_sha256, load_checkpoint
+from segensemble.formats.paths import safe_name
+from segensemble.formats.table import text_table
+from segensemble.manifest import Manifest, MemberEntry, ModelEntry, Parity, PlanCost, file_sha256
+from segensemble.models.checkpoints import PartialSpec, load_checkpoint
 from segensemble.models.swa import SwaReport, average_checkpoints, bn_batches, recalibrate_bn
 from segensemble.plan import MemberSpec, Plan
 
@@ -65,7 +67,7 @@ def build(plan: Plan, out_dir: str | Path, *, providers: list[str] | None = None
     manifest = Manifest(
         classes=list(plan.classes), members=members, providers=providers or _providers(),
         cost=_cost(members), plan=str(plan.path) if plan.path else None,
-        profiles={k: v.model_dump(exclude_none=True) for k, v in plan.profiles.items()},
+        profiles=dict(plan.profiles),
     )
     say = (lambda text: None) if quiet else (lambda text: tqdm.write(text))
     graphs = write_graphs(manifest, out, _previous(out), progress=say)
@@ -91,10 +93,6 @@ def _providers() -> list[str]:
     return resolve_providers(None)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
 def _build_model(plan: Plan, index: int, member: MemberSpec, k: int, out: Path) -> tuple[ModelEntry, bool, str | None]:
     where = f"members[{index}] ({member.name})"
     if member.axis == "onnx":
@@ -104,7 +102,7 @@ def _build_model(plan: Plan, index: int, member: MemberSpec, k: int, out: Path) 
         if not Path(src).exists():
             raise PlanError(f"{where}.{member.axis}: {src} does not exist")
     key = _cache_key(plan, member, sources)
-    target = out / f"{_safe(member.name)}-{k}.onnx"
+    target = out / f"{safe_name(member.name)}-{k}.onnx"
     cached = _read_cached(target, key)
     if cached:
         return cached, True, None
@@ -153,11 +151,8 @@ def _entry_from_metadata(target: Path, meta: dict[str, str], out: Path) -> Model
     return ModelEntry(
         file=target.relative_to(out).as_posix(), sources=json.loads(meta.get("sources", "[]")),
         sha256=meta.get("source_sha256", ""), onnx_sha256=file_sha256(target), form=meta.get("source_form", "onnx"),
-        parity={
-            "max_abs_logit": float(meta["parity_max_abs_logit"]),
-            "argmax_agreement": float(meta["parity_argmax_agreement"]),
-            "shapes": json.loads(meta["parity_shapes"]),
-        } if "parity_max_abs_logit" in meta else None,
+        parity=Parity(max_abs_logit=float(meta["parity_max_abs_logit"]), argmax_agreement=float(meta["parity_argmax_agreement"]),
+                      shapes=json.loads(meta["parity_shapes"])) if "parity_max_abs_logit" in meta else None,
         gflops=float(meta["gflops"]) if meta.get("gflops") else None,
         gflops_hw=tuple(json.loads(meta["gflops_hw"])) if meta.get("gflops_hw") else None,
         fixed_hw=tuple(fixed) if fixed else None, note=meta.get("shape_note"),
@@ -171,15 +166,13 @@ def _copy_onnx(plan: Plan, where: str, member: MemberSpec, out: Path) -> ModelEn
     src = Path(member.sources[0])
     if not src.is_file():
         raise PlanError(f"{where}.onnx: {src} does not exist")
-    target = out / f"{_safe(member.name)}-0.onnx"
+    target = out / f"{safe_name(member.name)}-0.onnx"
     if not target.exists() or file_sha256(target) != file_sha256(src):
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(target)
+        write_atomic(target, lambda tmp: shutil.copyfile(src, tmp))
     try:
         session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise PlanError(f"{where}.onnx: onnxruntime cannot load {src} ({str(exc).splitlines()[0][:300]})") from exc
+        raise PlanError(f"{where}.onnx: onnxruntime cannot load {src} ({first_line(exc)})") from exc
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     probe = json.loads(metadata["fixed_hw"]) if metadata.get("fixed_hw") else (2 * member.stride, 2 * member.stride)
     feed = {session.get_inputs()[0].name: np.zeros((1, member.in_channels, *probe), np.float32)}
@@ -220,7 +213,7 @@ def _check_fixed_shapes(entry: MemberEntry, where: str) -> None:
                     )
 
 
-def _cost(members: list[MemberEntry]) -> dict:
+def _cost(members: list[MemberEntry]) -> PlanCost:
     """Forward passes and estimated GFLOPs per image (members without input_size at COST_HW)."""
     passes, gflops, known = 0, 0.0, True
     for m in members:
@@ -233,7 +226,7 @@ def _cost(members: list[MemberEntry]) -> dict:
             for s in m.scales:
                 area = (base[0] * s) * (base[1] * s)
                 gflops += model.gflops * area / (model.gflops_hw[0] * model.gflops_hw[1]) * len(m.tta)
-    return {"forward_passes": passes, "gflops": round(gflops, 3) if known else None, "at_hw": list(COST_HW)}
+    return PlanCost(forward_passes=passes, gflops=round(gflops, 3) if known else None, at_hw=COST_HW)
 
 
 def plan_table(manifest: Manifest) -> str:
@@ -244,9 +237,6 @@ def plan_table(manifest: Manifest) -> str:
         rows.append((m.name, m.axis, arch, str(len(m.models)), ",".join(f"{s:g}" for s in m.scales),
                      ",".join(m.tta), str(m.views), f"{m.weight:g}"))
     cost = manifest.cost
-    gf = f", ~{cost['gflops']:.1f} GFLOPs at {cost['at_hw'][0]}x{cost['at_hw'][1]}" if cost.get("gflops") is not None else ""
-    rows.append(("total", "", "", str(sum(len(m.models) for m in manifest.members)), "", "", str(cost["forward_passes"]), ""))
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines) + f"\nper image: {cost['forward_passes']} forward passes{gf}"
+    gf = f", ~{cost.gflops:.1f} GFLOPs at {cost.at_hw[0]}x{cost.at_hw[1]}" if cost.gflops is not None else ""
+    rows.append(("total", "", "", str(sum(len(m.models) for m in manifest.members)), "", "", str(cost.forward_passes), ""))
+    return text_table(rows, rule=True) + f"\nper image: {cost.forward_passes} forward passes{gf}"

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.errors import SegEnsembleError
+from segensemble.export.graph_ops import GraphBuilder
+from segensemble.formats.paths import safe_name
 from segensemble.manifest import Manifest, MemberEntry
 from segensemble.runtime.views import TTA, scaled_size
 
@@ -66,100 +68,7 @@ def profile_file(profile: str | None) -> str:
     """The graph file of a profile (None: the whole ensemble)."""
     if profile is None:
         return GRAPH_FILE
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in profile)
-    return f"ensemble.{safe}.onnx"
-
-
-class _Builder:
-    """Appends nodes and constants; constants with equal values are stored once."""
-
-    def __init__(self):
-        from onnx import helper
-
-        self.helper = helper
-        self.nodes: list = []
-        self.inits: list = []
-        self._consts: dict[tuple, str] = {}
-        self._count = 0
-
-    def name(self, hint: str) -> str:
-        self._count += 1
-        return f"g/{hint}_{self._count}"
-
-    def const(self, value) -> str:
-        from onnx import numpy_helper
-
-        array = np.asarray(value)
-        key = (array.dtype.str, array.shape, array.tobytes())
-        if key not in self._consts:
-            name = self.name("c")
-            self.inits.append(numpy_helper.from_array(array, name))
-            self._consts[key] = name
-        return self._consts[key]
-
-    def op(self, op_type: str, inputs: list[str], hint: str | None = None, outputs: int = 1, **attrs):
-        names = [self.name(hint or op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(self.helper.make_node(op_type, inputs, names, name=names[0], **attrs))
-        return names[0] if outputs == 1 else names
-
-    def i64(self, *values: int) -> str:
-        return self.const(np.array(values, dtype=np.int64))
-
-    def f32(self, value) -> str:
-        return self.const(np.asarray(value, dtype=np.float32))
-
-    # shapes ---------------------------------------------------------------------------------------
-    def resize(self, x: str, hw: str) -> str:
-        """Bilinear, half-pixel centres, no antialias (cv2 INTER_LINEAR) of NCHW ``x`` to ``hw`` (int64 [2])."""
-        lead = self.op("Slice", [self.op("Shape", [x]), self.i64(0), self.i64(2)], "nc")
-        sizes = self.op("Concat", [lead, hw], "sizes", axis=0)
-        return self.op("Resize", [x, "", "", sizes], "resize", mode="linear", coordinate_transformation_mode="half_pixel")
-
-    def scaled(self, hw: str, scale: float) -> str:
-        """floor(hw * scale + 0.5), at least 1, in float64 as ``views.scaled_size`` computes it."""
-        x = self.op("Cast", [hw], "hw64", to=11)  # DOUBLE
-        x = self.op("Floor", [self.op("Add", [self.op("Mul", [x, self.const(np.float64(scale))]), self.const(np.float64(0.5))])])
-        return self.op("Max", [self.op("Cast", [x], "hw", to=7), self.i64(1)], "hw")  # INT64
-
-    def padded(self, hw: str, stride: int) -> str:
-        s = self.i64(stride)
-        return self.op("Mul", [self.op("Div", [self.op("Add", [hw, self.i64(stride - 1)]), s]), s], "padded")
-
-    def pad_to(self, x: str, hw: str, target: str) -> str:
-        """Zero-pad NCHW ``x`` of size ``hw`` bottom/right to ``target``."""
-        tail = self.op("Sub", [target, hw], "padding")
-        pads = self.op("Concat", [self.i64(0, 0, 0, 0, 0, 0), tail], "pads", axis=0)
-        return self.op("Pad", [x, pads], "pad")
-
-    def crop(self, x: str, hw: str) -> str:
-        return self.op("Slice", [x, self.i64(0, 0), hw, self.i64(2, 3)], "crop")
-
-    # views ----------------------------------------------------------------------------------------
-    def flip(self, x: str, axis: int) -> str:
-        return self.op("Slice", [x, self.i64(-1), self.i64(np.iinfo(np.int64).min), self.i64(axis), self.i64(-1)], "flip")
-
-    def transpose_hw(self, x: str) -> str:
-        return self.op("Transpose", [x], "t", perm=[0, 1, 3, 2])
-
-    def tta(self, x: str, name: str, inverse: bool) -> str:
-        """np.rot90(x, 1, (2, 3)) == transpose(flip_w(x)); its inverse is flip_w(transpose(x))."""
-        if name == "identity":
-            return x
-        if name in ("hflip", "vflip"):
-            return self.flip(x, 3 if name == "hflip" else 2)
-        if name == "transpose":
-            return self.transpose_hw(x)
-        forward = (name == "rot90") != inverse  # rot270 forward is rot90's inverse
-        return self.transpose_hw(self.flip(x, 3)) if forward else self.flip(self.transpose_hw(x), 3)
-
-    def softmax(self, x: str) -> str:
-        """Over the class axis; decomposed (ORT's Softmax on axis 1 of NCHW measured slower)."""
-        axis = self.i64(1)
-        e = self.op("Exp", [self.op("Sub", [x, self.op("ReduceMax", [x, axis], "max", keepdims=1)], "shift")], "exp")
-        return self.op("Div", [e, self.op("ReduceSum", [e, axis], "sum", keepdims=1)], "softmax")
-
-    def total(self, terms: list[str], hint: str) -> str:
-        return terms[0] if len(terms) == 1 else self.op("Sum", terms, hint)
+    return f"ensemble.{safe_name(profile)}.onnx"
 
 
 @dataclass
@@ -170,7 +79,7 @@ class _Model:
     prefix: str
     calls: int = 0
 
-    def call(self, b: _Builder, x: str) -> str:
+    def call(self, b: GraphBuilder, x: str) -> str:
         self.calls += 1
         inits = {i.name for i in self.graph.initializer}
         source = next(i.name for i in self.graph.input if i.name not in inits)
@@ -194,7 +103,7 @@ class _Model:
 class _Member:
     """One member's views: shared preprocessing per size, one batched model call per TTA group."""
 
-    def __init__(self, b: _Builder, entry: MemberEntry, models: list[_Model], image: str, image_hw: str):
+    def __init__(self, b: GraphBuilder, entry: MemberEntry, models: list[_Model], image: str, image_hw: str):
         self.b, self.entry, self.models, self.image, self.image_hw = b, entry, models, image, image_hw
 
     def view_size(self, scale: float) -> tuple[str, bool]:
@@ -254,69 +163,83 @@ def _opset(model) -> int:
 def build_graph(manifest: Manifest, build_dir: Path, out: Path, *, profile: str | None = None, views: bool = False,
                 cache_key: str = "") -> Path:
     """Write the ensemble graph of ``manifest`` (restricted to ``profile``) to ``out``; see the module docstring."""
-    import onnx
     from onnx import TensorProto, helper
 
     manifest = manifest.profile(profile)
-    members = manifest.members
-    files = {e.file for m in members for e in m.models}
-    opset = max(MIN_OPSET, *(_opset(onnx.load(str(build_dir / f), load_external_data=False)) for f in files))
-    b = _Builder()
-    loaded = {f: _load_model(build_dir / f, opset) for f in sorted(files)}
+    b = GraphBuilder()
+    weights = _Weights(build_dir, manifest.members)
     image = b.op("Transpose", [b.op("Cast", ["image"], "float", to=1)], "nchw", perm=[0, 3, 1, 2])
     image_hw = b.op("Slice", [b.op("Shape", ["image"]), b.i64(1), b.i64(3)], "image_hw")
-    shared_inits: dict[str, object] = {}
-    total_weight = sum(m.weight for m in members)
-    member_probs, outputs, view_values = [], [], []
-    for mi, entry in enumerate(members):
-        models = []
+    members = [_Member(b, entry, weights.models(mi, entry), image, image_hw) for mi, entry in enumerate(manifest.members)]
+    classes = len(manifest.classes)
+    outputs = _view_outputs(b, members, image_hw) if views else _vote_outputs(b, members, image_hw, classes)
+    spatial = ["batch", classes, "height", "width"]
+    infos = [helper.make_tensor_value_info(name, TensorProto.UINT8 if classes <= 256 else TensorProto.INT32, ["batch", "height", "width"])
+             if name == "labels" else helper.make_tensor_value_info(name, TensorProto.FLOAT, spatial) for name in outputs]
+    image_info = helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", "height", "width", 3])
+    graph = helper.make_graph(b.nodes, "segensemble", [image_info], infos, initializer=b.inits + weights.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", weights.opset)], producer_name="segensemble")
+    model.ir_version = min(model.ir_version, 10)
+    for key, value in _metadata(manifest, profile, views, cache_key).items():
+        model.metadata_props.add(key=key, value=value)
+    return _save(model, out)
+
+
+class _Weights:
+    """The member graphs at one opset; each model's initializers are renamed once and shared by its calls."""
+
+    def __init__(self, build_dir: Path, members: Sequence[MemberEntry]):
+        import onnx
+
+        files = sorted({e.file for m in members for e in m.models})
+        self.opset = max(MIN_OPSET, *(_opset(onnx.load(str(build_dir / f), load_external_data=False)) for f in files))
+        self.loaded = {f: _load_model(build_dir / f, self.opset) for f in files}
+        self.initializers: list = []
+
+    def models(self, mi: int, entry: MemberEntry) -> list[_Model]:
+        from onnx import TensorProto
+
+        out = []
         for k, e in enumerate(entry.models):
             prefix = f"m{mi}_{k}"
-            for init in loaded[e.file].graph.initializer:
+            for init in self.loaded[e.file].graph.initializer:
                 copy = TensorProto()
                 copy.CopyFrom(init)
                 copy.name = f"{prefix}/{init.name}"
-                shared_inits[copy.name] = copy
-            models.append(_Model(loaded[e.file].graph, prefix))
-        member = _Member(b, entry, models, image, image_hw)
-        per_view: dict | None = {} if views else None
-        at_full = []
-        for s in entry.scales:
-            sums, _, resized = member.scale_sums(s, per_view)
-            at_full.append(b.resize(sums, image_hw) if resized else sums)
-        if views:
-            for k, s, t in ((k, s, t) for k in range(len(models)) for s in entry.scales for t in entry.tta):  # list_views order
-                p, _, resized = per_view[(k, s, t)]
-                view_values.append(b.resize(p, image_hw) if resized else p)
-            continue
-        probs = b.op("Mul", [b.total(at_full, "member_sum"), b.f32(1.0 / entry.views)], "member")
-        outputs.append((member_output(entry.name), b.op("Identity", [probs], member_output(entry.name))))
-        member_probs.append(b.op("Mul", [probs, b.f32(entry.weight / total_weight)], "weighted"))
-    classes = len(manifest.classes)
-    spatial = ["batch", classes, "height", "width"]
-    if views:
-        value_infos = [helper.make_tensor_value_info(view_output(j), TensorProto.FLOAT, spatial) for j in range(len(view_values))]
-        for j, v in enumerate(view_values):
-            b.nodes.append(helper.make_node("Identity", [v], [view_output(j)], name=f"out/{view_output(j)}"))
-    else:
-        probs = b.total(member_probs, "vote")
-        b.nodes.append(helper.make_node("Identity", [probs], ["probs"], name="out/probs"))
-        label_type = TensorProto.UINT8 if classes <= 256 else TensorProto.INT32
-        b.nodes.append(helper.make_node("Cast", [b.op("ArgMax", ["probs"], "argmax", axis=1, keepdims=0)], ["labels"],
-                                        name="out/labels", to=label_type))
-        for name, value in outputs:
-            b.nodes.append(helper.make_node("Identity", [value], [name], name=f"out/{name}"))
-        value_infos = [helper.make_tensor_value_info("labels", label_type, ["batch", "height", "width"]),
-                       helper.make_tensor_value_info("probs", TensorProto.FLOAT, spatial)]
-        value_infos += [helper.make_tensor_value_info(name, TensorProto.FLOAT, spatial) for name, _ in outputs]
-    graph = helper.make_graph(b.nodes, "segensemble", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", "height", "width", 3])],
-                              value_infos, initializer=b.inits + list(shared_inits.values()))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="segensemble")
-    model.ir_version = min(model.ir_version, 10)
-    meta = _metadata(manifest, profile, views, cache_key)
-    for key, value in meta.items():
-        model.metadata_props.add(key=key, value=value)
-    return _save(model, out)
+                self.initializers.append(copy)
+            out.append(_Model(self.loaded[e.file].graph, prefix))
+        return out
+
+
+def _vote_outputs(b: GraphBuilder, members: list[_Member], image_hw: str, classes: int) -> list[str]:
+    """labels, probs and each member's probabilities; the ensemble is the weighted sum of the members'."""
+    total_weight = sum(m.entry.weight for m in members)
+    weighted, names = [], ["labels", "probs"]
+    for member in members:
+        sums = [b.resize(p, image_hw) if resized else p for p, _, resized in (member.scale_sums(s, None) for s in member.entry.scales)]
+        probs = b.op("Mul", [b.total(sums, "member_sum"), b.f32(1.0 / member.entry.views)], "member")
+        b.nodes.append(b.helper.make_node("Identity", [probs], [member_output(member.entry.name)], name=f"out/{member.entry.name}"))
+        names.append(member_output(member.entry.name))
+        weighted.append(b.op("Mul", [probs, b.f32(member.entry.weight / total_weight)], "weighted"))
+    b.nodes.append(b.helper.make_node("Identity", [b.total(weighted, "vote")], ["probs"], name="out/probs"))
+    to = 2 if classes <= 256 else 6  # UINT8, INT32
+    b.nodes.append(b.helper.make_node("Cast", [b.op("ArgMax", ["probs"], "argmax", axis=1, keepdims=0)], ["labels"], name="out/labels", to=to))
+    return names
+
+
+def _view_outputs(b: GraphBuilder, members: list[_Member], image_hw: str) -> list[str]:
+    """Every view's probabilities at H x W, in ``list_views`` order (for analyze)."""
+    names = []
+    for member in members:
+        per_view: dict = {}
+        for s in member.entry.scales:
+            member.scale_sums(s, per_view)
+        entry = member.entry
+        for k, s, t in ((k, s, t) for k in range(len(entry.models)) for s in entry.scales for t in entry.tta):
+            p, _, resized = per_view[(k, s, t)]
+            names.append(view_output(len(names)))
+            b.nodes.append(b.helper.make_node("Identity", [b.resize(p, image_hw) if resized else p], [names[-1]], name=f"out/{names[-1]}"))
+    return names
 
 
 def _metadata(manifest: Manifest, profile: str | None, views: bool, cache_key: str) -> dict[str, str]:

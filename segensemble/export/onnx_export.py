@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 
 import segensemble
-from segensemble.errors import ExportError
+from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
+from segensemble.errors import ExportError, first_line
+from segensemble.formats.atomic import write_atomic
 from segensemble.models.checkpoints import LoadedModel
+from segensemble.runtime.views import padded_size
 
 MAX_ABS_LOGIT = 1e-3
 MIN_ARGMAX_AGREEMENT = 0.999
@@ -31,11 +34,10 @@ OPSET = 17
 @dataclass(frozen=True)
 class ExportOptions:
     class_names: list[str] | None = None
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     stride: int = 32
-    fixed_hw: tuple[int, int] | None = None  # used when dynamic H/W cannot be exported (or forced)
-    force_fixed: bool = False
+    fixed_hw: tuple[int, int] | None = None  # used when dynamic H/W cannot be exported
     extra_metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -57,8 +59,8 @@ def export_onnx(loaded: LoadedModel, out: str | Path, options: ExportOptions = E
     model = loaded.model.eval()
     _disable_memory_efficient_swish(model)
     channels, stride = loaded.spec.in_channels, options.stride
-    fixed = _pad(options.fixed_hw, stride) if options.fixed_hw else None
-    data, fixed_used = _export_bytes(model, loaded, channels, stride, fixed, options.force_fixed)
+    fixed = padded_size(options.fixed_hw, stride) if options.fixed_hw else None
+    data, fixed_used = _export_bytes(model, loaded, channels, stride, fixed)
     shapes = [(1, channels, *fixed_used), (2, channels, *fixed_used)] if fixed_used else [
         (1, channels, 2 * stride, 3 * stride), (2, channels, 3 * stride, 2 * stride)]
     parity, gflops = _check_parity(model, data, shapes, out)
@@ -68,14 +70,8 @@ def export_onnx(loaded: LoadedModel, out: str | Path, options: ExportOptions = E
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    onnx.save(proto, str(tmp))
-    tmp.replace(out)
+    write_atomic(out, lambda tmp: onnx.save(proto, str(tmp)))
     return ExportReport(out, parity, gflops, tuple(shapes[0][2:]), fixed_used, meta)
-
-
-def _pad(hw: tuple[int, int], stride: int) -> tuple[int, int]:
-    return (-(-hw[0] // stride) * stride, -(-hw[1] // stride) * stride)
 
 
 def _disable_memory_efficient_swish(model) -> None:
@@ -85,13 +81,11 @@ def _disable_memory_efficient_swish(model) -> None:
             module.set_swish(memory_efficient=False)
 
 
-def _export_bytes(model, loaded: LoadedModel, channels: int, stride: int, fixed, force_fixed: bool):
-    if fixed and force_fixed:
-        return _trace_fixed(model, (1, channels, *fixed)), fixed
+def _export_bytes(model, loaded: LoadedModel, channels: int, stride: int, fixed):
     try:
         return _trace(model, (1, channels, 2 * stride, 3 * stride), dynamic_hw=True), None
     except Exception as exc:
-        reason = _first_line(exc)
+        reason = first_line(exc)
         if "adaptive" not in reason.lower() and "input size not accessible" not in reason:
             raise ExportError(f"{loaded.source}: ONNX export of {loaded.spec.describe()} failed: {reason}") from exc
         if not fixed:
@@ -158,11 +152,6 @@ def _trace_fixed(model, shape: tuple[int, ...]) -> bytes:
         return Path(f"{tmp}/model.onnx").read_bytes()
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:400] if text else type(exc).__name__
-
-
 def _check_parity(model, data: bytes, shapes: list[tuple[int, ...]], out: Path) -> tuple[dict, float]:
     """ORT vs PyTorch on each shape; returns the figures and GFLOPs of one forward at shapes[0]."""
     import onnxruntime as ort
@@ -181,7 +170,7 @@ def _check_parity(model, data: bytes, shapes: list[tuple[int, ...]], out: Path) 
         try:
             got = session.run(None, {"image": x})[0]
         except Exception as exc:
-            raise ExportError(f"{out}: the exported graph fails at input shape {shape}: {_first_line(exc)}") from exc
+            raise ExportError(f"{out}: the exported graph fails at input shape {shape}: {first_line(exc)}") from exc
         worst = max(worst, float(np.abs(got - ref).max()))
         agree_min = min(agree_min, float((got.argmax(1) == ref.argmax(1)).mean()))
     parity = {"max_abs_logit": worst, "argmax_agreement": agree_min, "shapes": [list(s) for s in shapes]}

@@ -16,12 +16,12 @@ so a failed export leaves no half-written repository.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from segensemble.errors import SegEnsembleError
+from segensemble.formats.paths import safe_name
 from segensemble.manifest import read_manifest
 
 
@@ -98,10 +98,6 @@ def _structural_check(text: str, where: str) -> str:
     return "structural"
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
-
-
 def export_triton(build_dir: str | Path, repo: str | Path, opts: TritonOptions = TritonOptions()) -> list[Path]:
     """Write the repository (atomically); returns the config files written (each validated)."""
     build_dir, repo = Path(build_dir), Path(repo)
@@ -111,7 +107,7 @@ def export_triton(build_dir: str | Path, repo: str | Path, opts: TritonOptions =
     try:
         written = []
         for profile in [None, *manifest.profiles]:
-            name = "segensemble" if profile is None else _safe(f"segensemble_{profile}")
+            name = "segensemble" if profile is None else safe_name(f"segensemble_{profile}")
             graph = build_dir / manifest.graph_entry(profile).file
             if not graph.is_file():
                 raise SegEnsembleError(f"{graph}: the build's ensemble graph is missing; rerun `ensemble build plan.yaml -o {build_dir}`")

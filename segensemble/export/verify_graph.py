@@ -18,8 +18,7 @@ import numpy as np
 from segensemble.errors import ExportError
 from segensemble.export.graph import GRAPH_FORMAT, build_graph, member_output, profile_file
 from segensemble.export.reference import Reference, bilinear
-from segensemble.manifest import GraphEntry, Manifest
-from segensemble.models.checkpoints import file_sha256
+from segensemble.manifest import GraphEntry, Manifest, Verification, file_sha256
 
 MAX_ABS_PROB = 1e-4
 
@@ -55,7 +54,7 @@ def write_graphs(manifest: Manifest, build_dir: Path, previous: Manifest | None 
     return entries
 
 
-def verify(graph: Path, manifest: Manifest, reference: Reference, thorough: bool = True) -> dict:
+def verify(graph: Path, manifest: Manifest, reference: Reference, thorough: bool = True) -> Verification:
     """The graph vs the oracle; raises ExportError with the figures on disagreement.
 
     Thorough (the whole plan): a batch of two at a square size (the first image against the reference, the
@@ -81,8 +80,8 @@ def verify(graph: Path, manifest: Manifest, reference: Reference, thorough: bool
         if len(batch) > 1:
             alone = session.run(["probs"], {"image": batch[1:]})[0]
             batch_gap = float(np.abs(alone[0] - got["probs"][1]).max())
-    figures = {"max_abs_prob": worst, "labels_agree": agree, "sizes": [list(s) for s in sizes], "batch": 2 if thorough else 1,
-               "batch_vs_alone": batch_gap}
+    figures = Verification(max_abs_prob=worst, labels_agree=agree, sizes=[list(s) for s in sizes], batch=2 if thorough else 1,
+                           batch_vs_alone=batch_gap)
     if worst > MAX_ABS_PROB or agree < 1.0 or batch_gap > MAX_ABS_PROB:
         raise ExportError(f"{graph}: the ensemble graph disagrees with the reference loop: max |ΔP| {worst:.2e} "
                           f"(allowed {MAX_ABS_PROB:g}), labels agree on {agree:.4%} of clear pixels, batch vs alone "
@@ -102,8 +101,8 @@ def describe(entries: dict[str, GraphEntry]) -> list[str]:
     lines = []
     for name, e in entries.items():
         v = e.verified
-        sizes = ", ".join(f"{h}x{w}" for h, w in v["sizes"])
-        batch = f" and a batch of {v['batch']}" if v["batch"] > 1 else ""
-        lines.append(f"{e.file}{' (profile ' + name + ')' if name else ''}: vs reference loop max |ΔP| {v['max_abs_prob']:.1e}, "
-                     f"labels {v['labels_agree']:.2%} of clear pixels, at {sizes}{batch}")
+        sizes = ", ".join(f"{h}x{w}" for h, w in v.sizes)
+        batch = f" and a batch of {v.batch}" if v.batch > 1 else ""
+        lines.append(f"{e.file}{' (profile ' + name + ')' if name else ''}: vs reference loop max |ΔP| {v.max_abs_prob:.1e}, "
+                     f"labels {v.labels_agree:.2%} of clear pixels, at {sizes}{batch}")
     return lines

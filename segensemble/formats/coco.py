@@ -89,14 +89,16 @@ def encode_rle(mask: np.ndarray) -> dict:
     return rle
 
 
-def class_rles(labels: np.ndarray, classes: list[str], probs: np.ndarray | None = None, skip: set[int] = frozenset()) -> list[dict]:
-    """One RLE per class present: class id, name, pixel area and (with probs) mean confidence."""
+def class_rles(labels: np.ndarray, classes: list[str] | int, probs: np.ndarray | None = None, skip=frozenset()) -> list[dict]:
+    """One RLE per class present (ids below ``classes``, not in ``skip``): class id, name, pixel area and
+    (with probs) mean confidence."""
+    names = classes if isinstance(classes, list) else [str(i) for i in range(classes)]
     out = []
     for cls in np.unique(labels).tolist():
-        if cls in skip or cls >= len(classes):
+        if cls in skip or cls >= len(names):
             continue
         mask = labels == cls
-        item = {"class_id": int(cls), "class_name": classes[cls], "area": int(mask.sum()), "rle": encode_rle(mask)}
+        item = {"class_id": int(cls), "class_name": names[cls], "area": int(mask.sum()), "rle": encode_rle(mask)}
         if probs is not None:
             item["mean_confidence"] = float(probs[cls][mask].mean())
         out.append(item)

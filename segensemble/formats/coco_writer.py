@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.errors import SegEnsembleError
-from segensemble.formats.coco import encode_rle
+from segensemble.formats.coco import class_rles
 
 
 def categories(classes: list[str], background: int | None) -> list[dict]:
@@ -21,13 +21,10 @@ def image_annotations(labels: np.ndarray, background: int | None, classes: int) 
     from pycocotools import mask as mask_utils
 
     out = []
-    for cls in np.unique(labels).tolist():
-        if cls == background or cls >= classes:  # background is implicit; ignore_index is not a class
-            continue
-        mask = labels == cls
-        rle = encode_rle(mask)
+    for item in class_rles(labels, classes, skip={background}):  # background is implicit; ignore_index is not a class
+        rle = item["rle"]
         x, y, w, h = mask_utils.toBbox({**rle, "counts": rle["counts"].encode()}).tolist()
-        out.append({"category_id": int(cls), "iscrowd": 0, "area": int(mask.sum()), "bbox": [x, y, w, h], "segmentation": rle})
+        out.append({"category_id": item["class_id"], "iscrowd": 0, "area": item["area"], "bbox": [x, y, w, h], "segmentation": rle})
     return out
 
 

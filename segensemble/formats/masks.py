@@ -45,10 +45,3 @@ def save_probs(root: Path, image_id: str, probs: np.ndarray, source: Path | None
     target = probs_path(root, image_id, source)
     write_bytes_atomic(target, encode_probs(probs))
     return target
-
-
-def read_mask(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return np.asarray(img)

@@ -9,9 +9,15 @@ checked to lie under the resolved folder, and to differ from the image it was co
 
 from __future__ import annotations
 
+import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from segensemble.errors import ImageError
+
+
+def safe_name(name: str) -> str:
+    """A plan's name (member, profile) as one file or folder name: letters, digits, '-' and '_' only."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
 
 
 def check_image_name(name: str) -> str:

@@ -8,15 +8,15 @@ the ensemble, predicts the test set into a submission CSV, writes pseudo-labels,
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+TOTAL = 7  # steps
 DEMO_CLASSES = ["Background", "General trash", "Paper", "Metal", "Glass", "Plastic"]
-UNET = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
-FPN = {"decoder_pyramid_channels": 64, "decoder_segmentation_channels": 32}
 
 
 @dataclass(frozen=True)
@@ -34,71 +34,87 @@ def _step(n: int, total: int, text: str) -> float:
 
 
 def run_demo(opts: DemoOptions) -> dict:
-    """Run every stage; returns the evaluation report."""
+    """Run every stage with the library's own functions; returns the evaluation report."""
     import torch
 
     from segensemble.synthetic.data import write_split
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = opts.out
-    total = 7
-    _step(1, total, f"synthetic dataset under {out / 'data'} (train/val/test, COCO)")
+    _step(1, TOTAL, f"synthetic dataset under {out / 'data'} (train/val/test, COCO)")
     data = out / "data"
     train = write_split(data, opts.train_images, DEMO_CLASSES, (opts.size, opts.size), seed=opts.seed, name="train")
     val = write_split(data, 12, DEMO_CLASSES, (opts.size, opts.size), seed=opts.seed + 1, name="val")
     test = write_split(data, 12, DEMO_CLASSES, (opts.size, opts.size), seed=opts.seed + 2, name="test")
-    _step(2, total, "training tiny members on CPU (2 architectures, 2 folds, 3 epoch snapshots, SWA)")
+    _step(2, TOTAL, "training tiny members on CPU (2 architectures, 2 folds, 3 epoch snapshots, SWA)")
     _train_members(train, out / "ckpt", opts)
-    plan_file = _write_plan(out, data)
-    from segensemble.cli import main
-
-    _step(3, total, f"building {plan_file}")
-    _check(main(["build", str(plan_file), "-o", str(out / "build")]))
-    _step(4, total, "evaluating each member and the ensemble on the validation set")
-    _check(main(["evaluate", "--coco", str(val.coco), "--images", str(val.images), "--build", str(out / "build"),
-                 "--json", str(out / "evaluation.json")]))
-    report = json.loads((out / "evaluation.json").read_text())
-    best = max(report["members"].items(), key=lambda kv: kv[1]["miou"])
-    print(f"ensemble mIoU {report['ensemble']['miou']:.4f} vs best single member {best[0]} {best[1]['miou']:.4f}")
-    _step(5, total, "predicting the test set into a submission CSV")
-    _check(main(["predict", str(test.images), "--coco", str(test.coco), "--build", str(out / "build"),
-                 "-o", str(out / "submission.csv"), "--save-masks", str(out / "masks")]))
-    _step(6, total, "pseudo-labels for the test images (image-level rule; --max-uncertain 0.3 since tiny models are less sure)")
-    _check(main(["pseudo-label", str(test.images), "--build", str(out / "build"), "-o", str(out / "pseudo.json"),
-                 "--min-prob", "0.8", "--max-uncertain", "0.3", "--save-masks", str(out / "pseudo_masks"),
-                 "--merge", str(train.coco), "--report", str(out / "pseudo_report.csv")]))
-    _step(7, total, "serve it")
+    report = _run_jobs(out, _write_plan(out, data), train, val, test)
+    _step(7, TOTAL, "serve it")
     print(f"  ensemble serve --build {out / 'build'} --port 8000")
     print(f"  curl -s -F file=@{test.images / 'test_0000.png'} 'http://127.0.0.1:8000/segment?format=json' | head -c 400")
     print(f"  curl -s --data-binary @{test.images / 'test_0000.png'} -H 'Content-Type: image/png' http://127.0.0.1:8000/segment -o mask.png")
     return report
 
 
-def _check(code: int) -> None:
-    if code != 0:
-        raise SystemExit(code)
+def _run_jobs(out: Path, plan_file: Path, train, val, test) -> dict:
+    """Steps 3 to 6: build, evaluate, predict, pseudo-label."""
+    from segensemble.export.build import build, plan_table
+    from segensemble.export.verify_graph import describe
+    from segensemble.formats.atomic import write_atomic
+    from segensemble.formats.coco import coco_images
+    from segensemble.formats.images import list_images
+    from segensemble.jobs.evaluate import EvaluateOptions, evaluate
+    from segensemble.jobs.predict import PredictOptions, predict_to_files
+    from segensemble.jobs.pseudo_label import PseudoOptions, pseudo_label
+    from segensemble.jobs.pseudo_rule import PseudoRule
+    from segensemble.plan import load_plan
+    from segensemble.runtime.engine import Engine
+    from segensemble.runtime.sessions import RuntimeOptions
+
+    _step(3, TOTAL, f"building {plan_file} (exports verified against PyTorch, the ensemble graph against the reference loop)")
+    result = build(load_plan(plan_file), out / "build")
+    print(plan_table(result.manifest))
+    print("\n".join(describe(result.manifest.graphs)))
+    engine = Engine.from_build(out / "build", RuntimeOptions(threads=max(1, (os.cpu_count() or 2) // 2)), workers=2)
+    _step(4, TOTAL, "evaluating each member and the ensemble on the validation set")
+    report = evaluate(engine, val.coco, val.images, EvaluateOptions())
+    write_atomic(out / "evaluation.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+    for name, figures in report["members"].items():
+        print(f"  {name:<12} mIoU {figures['miou']:.4f}")
+    best = max(report["members"].items(), key=lambda kv: kv[1]["miou"])
+    print(f"ensemble mIoU {report['ensemble']['miou']:.4f} vs best single member {best[0]} {best[1]['miou']:.4f}")
+    _step(5, TOTAL, "predicting the test set into a submission CSV")
+    done = predict_to_files(engine, coco_images(test.coco, test.images), PredictOptions(out / "submission.csv", out / "masks"))
+    print(f"  {done.predicted} images, {done.images_per_second:.1f} img/s: {done.csv}, masks in {out / 'masks'}")
+    _step(6, TOTAL, "pseudo-labels for the test images (image-level rule; --max-uncertain 0.3 since tiny models are less sure)")
+    summary = pseudo_label(engine, list_images(test.images), PseudoOptions(
+        output=out / "pseudo.json", rule=PseudoRule(0.8, 0.3), merge_with=train.coco, masks_dir=out / "pseudo_masks",
+        report=out / "pseudo_report.csv"))
+    print(summary.describe())
+    return report
 
 
 def _train_members(train, ckpt: Path, opts: DemoOptions) -> None:
     from segensemble.models.registry import ModelSpec
-    from segensemble.synthetic.trainer import load_split_arrays, save_checkpoint, train_tiny
+    from segensemble.synthetic.trainer import TINY_KWARGS, load_split_arrays, save_checkpoint, train_tiny
 
     images, masks = load_split_arrays(train.images, json.loads(train.coco.read_text())["images"], train.masks)
     n = len(images)
     folds = [np.arange(n) % 2 != k for k in range(2)]  # 2-fold: each model trains on half the images
     started = time.perf_counter()
     for k, keep in enumerate(folds):
-        model, _ = train_tiny(ModelSpec("Unet", "resnet18", len(DEMO_CLASSES), extra=UNET), images[keep], masks[keep],
+        model, _ = train_tiny(ModelSpec("Unet", "resnet18", len(DEMO_CLASSES), extra=TINY_KWARGS["Unet"]), images[keep], masks[keep],
                               steps=opts.steps, seed=opts.seed + k)
         save_checkpoint(model, ckpt / f"unet_f{k}.pth", "nested_state_dict")
         print(f"  unet fold {k}: trained on {int(keep.sum())} images ({time.perf_counter() - started:.0f}s)", flush=True)
     snapshot_steps = (opts.steps - 20, opts.steps - 10, opts.steps)
-    model, snaps = train_tiny(ModelSpec("Unet", "resnet18", len(DEMO_CLASSES), extra=UNET), images, masks,
+    model, snaps = train_tiny(ModelSpec("Unet", "resnet18", len(DEMO_CLASSES), extra=TINY_KWARGS["Unet"]), images, masks,
                               steps=opts.steps, seed=opts.seed + 5, snapshots=snapshot_steps)
     for step, state in snaps.items():
         save_checkpoint(model, ckpt / f"unet_e{step}.pth", "state_dict", state)
     print(f"  unet on all images: snapshots at steps {snapshot_steps} ({time.perf_counter() - started:.0f}s)", flush=True)
-    model, _ = train_tiny(ModelSpec("FPN", "resnet18", len(DEMO_CLASSES), extra=FPN), images, masks, steps=opts.steps, seed=opts.seed + 7)
+    model, _ = train_tiny(ModelSpec("FPN", "resnet18", len(DEMO_CLASSES), extra=TINY_KWARGS["FPN"]), images, masks,
+                          steps=opts.steps, seed=opts.seed + 7)
     save_checkpoint(model, ckpt / "fpn_dir", "smp_dir")
     print(f"  fpn: trained, saved as an smp directory ({time.perf_counter() - started:.0f}s)", flush=True)
 
@@ -106,10 +122,12 @@ def _train_members(train, ckpt: Path, opts: DemoOptions) -> None:
 def _write_plan(out: Path, data: Path) -> Path:
     import yaml
 
+    from segensemble.synthetic.trainer import TINY_KWARGS
+
     e = [f"ckpt/unet_e{s}.pth" for s in sorted(int(p.stem.split("_e")[1]) for p in (out / "ckpt").glob("unet_e*.pth"))]
     plan = {
         "classes": DEMO_CLASSES,
-        "defaults": {"arch": "Unet", "encoder": "resnet18", "model_kwargs": UNET, "tta": ["identity", "hflip"]},
+        "defaults": {"arch": "Unet", "encoder": "resnet18", "model_kwargs": TINY_KWARGS["Unet"], "tta": ["identity", "hflip"]},
         "members": [
             {"name": "unet-kfold", "folds": ["ckpt/unet_f0.pth", "ckpt/unet_f1.pth"], "scales": [0.75, 1.0, 1.25]},
             {"name": "unet-epochs", "epochs": e, "tta": ["identity", "vflip"]},

@@ -57,16 +57,3 @@ def unlabeled_value(choice: str | None, classes: list[str]) -> int:
         raise SegEnsembleError(f"--unlabeled: expected background or ignore, got {choice!r}")
     return 0 if choice == "background" else IGNORE
 
-
-def format_table(report: dict) -> str:
-    """Members and the ensemble as rows, per-class IoU as columns."""
-    rows = [(name, r) for name, r in report["members"].items()] + [(ENSEMBLE, report["ensemble"])]
-    names = list(report["ensemble"]["iou"])
-    header = ["model", "mIoU", "mIoU/img", *[n[:10] for n in names]]
-    lines = [header]
-    for name, r in rows:
-        cells = [name, f"{r['miou']:.4f}", f"{r['miou_per_image']:.4f}"]
-        cells += ["-" if r["iou"][n] is None else f"{r['iou'][n]:.3f}" for n in names]
-        lines.append(cells)
-    widths = [max(len(row[c]) for row in lines) for c in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines)

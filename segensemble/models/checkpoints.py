@@ -10,13 +10,13 @@ naming the file and a few offending keys, never a half-loaded model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from segensemble.errors import CheckpointError
+from segensemble.errors import CheckpointError, first_line
+from segensemble.manifest import file_sha256
 from segensemble.models.registry import ModelSpec, create_model, resolve_arch
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
@@ -43,19 +43,6 @@ class PartialSpec:
     classes: int | None = None
     in_channels: int | None = None
     extra: dict | None = None  # smp constructor kwargs beyond the four above
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, or of a directory's files (names and bytes, sorted) for smp directories."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_checkpoint(path: str | Path, spec: PartialSpec | ModelSpec | None = None, *, trust_pickle: bool = False) -> LoadedModel:
@@ -107,14 +94,14 @@ def _read_dir_weights(path: Path) -> dict:
         try:
             return load_file(str(path / "model.safetensors"))
         except Exception as exc:  # SafetensorError, OSError: a damaged or foreign file
-            raise CheckpointError(f"{path / 'model.safetensors'}: not a readable safetensors file ({_first_line(exc)})") from None
+            raise CheckpointError(f"{path / 'model.safetensors'}: not a readable safetensors file ({first_line(exc)})") from None
     for name in ("pytorch_model.bin", "model.pth", "model.pt"):
         if (path / name).is_file():
             try:
                 state = torch.load(path / name, map_location="cpu", weights_only=True)
             except Exception as exc:  # UnpicklingError (pickled objects, refused), RuntimeError (not a torch file)
                 what = "holds pickled Python objects, refused (weights only)" if _looks_like_pickled_object(exc) else "not a readable PyTorch file"
-                raise CheckpointError(f"{path / name}: {what} ({_first_line(exc)})") from None
+                raise CheckpointError(f"{path / name}: {what} ({first_line(exc)})") from None
             if not isinstance(state, dict):
                 raise CheckpointError(f"{path / name}: expected a state dict of tensors, found {type(state).__name__}")
             return state
@@ -143,7 +130,7 @@ def _load_file(path: Path, want: PartialSpec, trust_pickle: bool) -> LoadedModel
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for whole modules, RuntimeError for non-torch files
         if not _looks_like_pickled_object(exc):
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from exc
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)})") from exc
         if not trust_pickle:
             raise CheckpointError(
                 f"{path}: holds pickled Python objects (probably a whole model saved with torch.save(model)); "
@@ -163,9 +150,6 @@ def _looks_like_pickled_object(exc: Exception) -> bool:
     truncated files fail differently ("Unsupported operand", "invalid load key") and are not pickled objects."""
     return "Unsupported global" in str(exc)
 
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def _from_module(path: Path, model, want: PartialSpec) -> LoadedModel:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segensemble.errors import SegEnsembleError
+from segensemble.errors import SegEnsembleError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def open_graph(path: str | Path, options: RuntimeOptions = RuntimeOptions(), def
     try:
         session = ort.InferenceSession(str(path), sess_options=session_options(options), providers=entries)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise SegEnsembleError(f"{path}: onnxruntime cannot load this model ({str(exc).splitlines()[0][:300]})") from exc
+        raise SegEnsembleError(f"{path}: onnxruntime cannot load this model ({first_line(exc)})") from exc
     active = list(session.get_providers())
     on_gpu = bool(GPU_PROVIDERS & set(active))
     graph = GraphSession(path, session, dict(session.get_modelmeta().custom_metadata_map), names, active,

@@ -17,23 +17,20 @@ def create_app(settings: ServeSettings):
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
 
+    from segensemble.serve.metrics import Metrics
     from segensemble.serve.routes import router
+    from segensemble.serve.state import ServeState
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         from segensemble.runtime.engine import Engine
         from segensemble.runtime.sessions import RuntimeOptions
         from segensemble.serve.batching import Batcher
-        from segensemble.serve.metrics import Metrics
 
-        state = app.state
-        state.ready = False
-        state.metrics = Metrics.create()
+        state = app.state.serve
         options = RuntimeOptions(settings.providers, settings.threads, trt_fp16=settings.trt_fp16)
         state.engine = Engine.from_build(settings.build_dir, options, settings.max_batch, budget=settings.budget)
-        state.uploads = 0
         # one batcher per profile (each its own graph): requests are only grouped with requests for the same views
-        state.batchers = {}
         for name in [None, *state.engine.manifest.profiles]:
             engine = state.engine.with_profile(name)
             engine.predict([np.zeros((64, 64, 3), np.uint8)])  # warm-up: first ORT runs allocate and tune
@@ -49,7 +46,7 @@ def create_app(settings: ServeSettings):
 
     app = FastAPI(title="segensemble", version=_version(), lifespan=lifespan,
                   description="Semantic segmentation by a soft-voting ensemble: the same engine as `ensemble predict`.")
-    app.state.settings = settings
+    app.state.serve = ServeState(settings, Metrics.create())
     app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.openapi = lambda: _openapi(app, settings)

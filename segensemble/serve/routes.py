@@ -15,15 +15,17 @@ from segensemble.formats.coco import class_rles
 from segensemble.formats.images import decode_image, header_size
 from segensemble.formats.masks import encode_png, encode_probs
 from segensemble.runtime.engine import LABELS, PROBS, Want
-from segensemble.serve.batching import DeadlineExceeded, QueueFull
+from segensemble.serve.batching import Batcher, DeadlineExceeded, QueueFull
 from segensemble.serve.body import ClientGone, read_image_bytes
 from segensemble.serve.schemas import ErrorBody, Ready, SegmentJson
+from segensemble.serve.settings import ServeSettings
+from segensemble.serve.state import ServeState, State
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 _WANT = {"png": Want({LABELS}), "json": Want({LABELS, PROBS}), "probs": Want({PROBS})}  # graph outputs each format needs
 
-Format = Annotated[Literal["png", "json", "probs"], Query(
+Format = Annotated[Literal["png", "json", "probs"], Query(alias="format",
     description="png: the label map as a PNG (uint8 class ids, default); json: per-class COCO RLE with class name, "
                 "area and mean confidence; probs: float16 probabilities (C, H, W) in a compressed .npz under key `probs`")]
 
@@ -54,24 +56,22 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz", response_model=Ready, responses={503: {"model": Ready}}, summary="the model is loaded and warmed up")
-async def readyz(request: Request, response: Response) -> Ready:
-    state = request.app.state
-    engine = getattr(state, "engine", None)
-    ready = bool(getattr(state, "ready", False))
+async def readyz(state: State, response: Response) -> Ready:
+    engine, ready = state.engine, state.ready
     response.status_code = 200 if ready else 503
     return Ready(
         ready=ready, providers=engine.active_providers if engine else [],
         requested_providers=list(engine.graph.requested) if engine else [],
         fell_back_to_cpu=engine.fell_back if engine else False, members=len(engine.members) if engine else 0,
         forward_passes_per_image=engine.forward_passes if engine else 0,
-        profiles={name: state.batchers[name].engine.forward_passes for name in getattr(state, "batchers", {}) if name},
+        profiles={name: batcher.engine.forward_passes for name, batcher in state.batchers.items() if name},
     )
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}})
-async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+async def metrics(state: State) -> Response:
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
 @router.post("/segment", summary="segment one image with the ensemble", responses={
@@ -79,19 +79,19 @@ async def metrics(request: Request) -> Response:
                                             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
           "description": "by `format`: image/png (png), application/json (json), application/octet-stream (probs)"},
     **_ERRORS}, openapi_extra=_BODY_DOC)
-async def segment(request: Request, format: Format = "png", profile: Profile = None) -> Response:
-    state, settings = request.app.state, request.app.state.settings
+async def segment(request: Request, state: State, fmt: Format = "png", profile: Profile = None) -> Response:
+    settings = state.settings
     started, status = time.perf_counter(), 500
     try:
-        if not getattr(state, "ready", False):
+        if not state.ready:
             raise HTTPException(503, "not ready yet", headers={"Retry-After": str(settings.retry_after_s)})
         batcher = state.batchers.get(profile or None)
         if batcher is None:
             raise HTTPException(422, f"unknown profile {profile!r}; this build has {sorted(p for p in state.batchers if p) or 'none'}")
         data, source = await _receive(state, settings, request)
         image = await _admit_and_decode(settings, batcher, data, source)
-        prediction = await _run(state, settings, batcher, image, _WANT[format])
-        response = await run_in_threadpool(_render, prediction, format, state.engine.classes)
+        prediction = await _run(state, settings, batcher, image, _WANT[fmt])
+        response = await run_in_threadpool(_render, prediction, fmt, state.engine.classes)
         status = 200
         return response
     except HTTPException as exc:
@@ -106,7 +106,7 @@ async def segment(request: Request, format: Format = "png", profile: Profile = N
         state.metrics.latency.observe(time.perf_counter() - started)
 
 
-async def _receive(state, settings, request: Request) -> tuple[bytes, str]:
+async def _receive(state: ServeState, settings: ServeSettings, request: Request) -> tuple[bytes, str]:
     """The body, with at most ``max_uploads`` being received at once (slow clients cannot hold every
     connection: past it /segment answers 503 at once, and /healthz is never involved)."""
     if state.uploads >= settings.max_uploads:
@@ -119,7 +119,7 @@ async def _receive(state, settings, request: Request) -> tuple[bytes, str]:
         state.uploads -= 1
 
 
-async def _admit_and_decode(settings, batcher, data: bytes, source: str):
+async def _admit_and_decode(settings: ServeSettings, batcher: Batcher, data: bytes, source: str):
     """Header checks (pixels, the ensemble's cost budget) and a queue place before any pixel is decoded."""
     try:
         hw = header_size(data, source)
@@ -143,7 +143,7 @@ async def _admit_and_decode(settings, batcher, data: bytes, source: str):
         raise
 
 
-async def _run(state, settings, batcher, image, want):
+async def _run(state: ServeState, settings: ServeSettings, batcher: Batcher, image, want: Want):
     """The batched engine call, its failures turned into the conventional statuses."""
     state.metrics.queue_depth.set(batcher.depth)
     try:

@@ -1,23 +1,25 @@
-"""Server settings: typed, with safe bounds by default; also read from SEGENSEMBLE_* environment variables
-so ``uvicorn segensemble.serve.app:app`` works with ``SEGENSEMBLE_BUILD=DIR``."""
+"""Server settings: typed, bounded, with safe defaults; each may also come from the environment as
+``SEGENSEMBLE_<FIELD>`` (pydantic-settings), so ``uvicorn segensemble.serve.app:app`` works with
+``SEGENSEMBLE_BUILD=DIR`` alone. Values given in code (the ``ensemble serve`` flags) win over the environment."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from segensemble.cost import DEFAULT_MAX_MEGAPIXEL_VIEWS, DEFAULT_MAX_MEMORY_MB, Budget
 from segensemble.errors import SegEnsembleError
 
 
-class ServeSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEGENSEMBLE_", frozen=True, allow_inf_nan=False, extra="ignore")
 
-    build_dir: Path
-    providers: tuple[str, ...] | None = None
-    threads: int = 0
+    build_dir: Path = Field(validation_alias=AliasChoices("build_dir", "SEGENSEMBLE_BUILD"), description="the build directory")
+    providers: Annotated[tuple[str, ...] | None, NoDecode] = Field(None, description="ONNX Runtime providers in order (env: comma-separated)")
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per physical core)")
     trt_fp16: bool = False
     max_batch: int = Field(8, ge=1, description="most images grouped into one engine call")
     batch_window_ms: float = Field(5.0, ge=0, description="how long the first request of a batch waits for company")
@@ -32,6 +34,11 @@ class ServeSettings(BaseModel):
     max_memory_mb: float = Field(DEFAULT_MAX_MEMORY_MB, gt=0, description="estimated activation memory one image may need (422 past it)")
     retry_after_s: int = Field(1, ge=1)
 
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        return tuple(p.strip() for p in value.split(",") if p.strip()) if isinstance(value, str) else value
+
     @property
     def budget(self) -> Budget:
         return Budget(self.max_cost, self.max_memory_mb)
@@ -42,15 +49,9 @@ class ServeSettings(BaseModel):
 
     @classmethod
     def from_env(cls) -> ServeSettings:
-        build = os.environ.get("SEGENSEMBLE_BUILD")
-        if not build:
-            raise SegEnsembleError("set SEGENSEMBLE_BUILD to a build directory (or use `ensemble serve --build DIR`)")
-        values: dict = {"build_dir": Path(build)}
-        for field in ("threads", "workers", "max_batch", "batch_window_ms", "max_queue", "max_body_mb", "max_pixels", "timeout_s",
-                      "body_timeout_s", "max_uploads", "max_cost", "max_memory_mb"):
-            raw = os.environ.get(f"SEGENSEMBLE_{field.upper()}")
-            if raw:
-                values[field] = raw
-        if os.environ.get("SEGENSEMBLE_PROVIDERS"):
-            values["providers"] = tuple(os.environ["SEGENSEMBLE_PROVIDERS"].split(","))
-        return cls(**values)
+        try:
+            return cls()
+        except ValidationError as exc:
+            if any(e["loc"] == ("SEGENSEMBLE_BUILD",) or e["type"] == "missing" for e in exc.errors()):
+                raise SegEnsembleError("set SEGENSEMBLE_BUILD to a build directory (or use `ensemble serve --build DIR`)") from None
+            raise SegEnsembleError(f"SEGENSEMBLE_* settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None

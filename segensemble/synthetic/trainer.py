@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
 from segensemble.formats.images import read_image
 from segensemble.models.registry import ModelSpec, create_model
 
@@ -23,7 +24,7 @@ def load_split_arrays(image_dir: Path, coco_images: list[dict], masks: list[np.n
 
 
 def train_tiny(spec: ModelSpec, images: np.ndarray, masks: np.ndarray, steps: int = 60, seed: int = 0,
-               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), lr: float = 3e-3, snapshots: tuple[int, ...] = ()):
+               mean=IMAGENET_MEAN, std=IMAGENET_STD, lr: float = 3e-3, snapshots: tuple[int, ...] = ()):
     """Train from random weights; returns the model and a state_dict copy at each step in ``snapshots``."""
     import torch
 

@@ -6,19 +6,27 @@ from pathlib import Path
 
 import numpy as np
 
+from segensemble.errors import SegEnsembleError
+
+
+def _matplotlib():
+    try:
+        import matplotlib
+    except ImportError:
+        raise SegEnsembleError("ensemble analyze draws its pictures with matplotlib: pip install 'segensemble[analyze]'") from None
+    matplotlib.use("Agg")
+    return matplotlib
+
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
+    _matplotlib()
     import matplotlib.pyplot as plt
 
     return plt
 
 
 def palette(classes: int) -> np.ndarray:
-    import matplotlib
-
+    matplotlib = _matplotlib()
     cmap = matplotlib.colormaps["tab20"]
     colours = (np.array([cmap(i % 20)[:3] for i in range(classes)]) * 255).astype(np.uint8)
     colours[0] = (0, 0, 0)

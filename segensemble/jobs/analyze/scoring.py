@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.jobs.analyze.cache import ViewCache
-from segensemble.jobs.analyze.variants import coefficients, member_views
+from segensemble.jobs.analyze.variants import member_views
 from segensemble.jobs.metrics import IouMeter
 from segensemble.manifest import MemberEntry
 
@@ -47,5 +47,3 @@ class MemberProbs:
             meter.add(gts(i), p.argmax(0))
         return meter.summary(names)
 
-
-__all__ = ["score_views", "MemberProbs", "coefficients"]

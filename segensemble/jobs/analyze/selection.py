@@ -6,6 +6,13 @@ Both only ever call ``score(weights) -> mIoU`` on the selection images, so they 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from segensemble.formats.atomic import write_atomic
+from segensemble.jobs.analyze.scoring import MemberProbs
+from segensemble.plan import SOURCES, Plan
 
 Score = Callable[[list[float]], float]
 
@@ -49,3 +56,44 @@ def weight_search(initial: list[float], score: Score, grid: tuple[float, ...] = 
         if not improved:
             break
     return {"weights": weights, "miou": best}
+
+
+def select_members(cache, members, gts, select, held, names, out, best) -> dict:
+    """Greedy selection and weight search on the selection images; their figures, and on the held-out ones."""
+    probs = MemberProbs(cache, members, out / "cache" / "members")
+    score = lambda w: probs.score(w, gts, select, names)["miou"]  # noqa: E731
+    plan_weights = [m.weight for m in members]
+    greedy = greedy_selection(len(members), score)
+    search = weight_search(plan_weights, score)
+    chosen = max((greedy, "greedy"), (search, "weight search"), key=lambda t: t[0]["miou"])
+    single = [0.0] * len(members)
+    single[best] = 1.0
+    result = {
+        "greedy": greedy, "weight_search": search,
+        "chosen": {"method": chosen[1], "weights": chosen[0]["weights"], "miou_selection": chosen[0]["miou"]},
+        "plan_weights_miou_selection": score(plan_weights), "best_single_miou_selection": score(single),
+    }
+    if held:
+        honest = lambda w: probs.score(w, gts, held, names)["miou"]  # noqa: E731
+        result["holdout"] = {"plan_weights": honest(plan_weights), "chosen": honest(chosen[0]["weights"]),
+                             "best_single": honest(single)}
+    return result
+
+
+def write_tuned_plan(plan: Plan, weights: list[float], out: Path) -> Path:
+    """The plan with the chosen weights; members weighted 0 are left out. Paths are absolute."""
+    members = []
+    for member, w in zip(plan.members, weights):
+        if w <= 0:
+            continue
+        data = member.model_dump(mode="json", exclude_defaults=True)
+        for key in SOURCES:
+            if getattr(member, key) is not None:
+                data[key] = getattr(member, key)
+        data["weight"] = float(w)
+        members.append(data)
+    text = "# written by `ensemble analyze`: members and weights chosen on the validation set\n" + \
+        yaml.safe_dump({"classes": list(plan.classes), "members": members}, sort_keys=False)
+    target = out / "plan.tuned.yaml"
+    write_atomic(target, lambda tmp: tmp.write_text(text))
+    return target
