@@ -4,7 +4,9 @@ Three members (Unet/resnet18, FPN/resnet34, DeepLabV3Plus/mobilenet_v2; random w
 two scales (0.75, 1.0) and two TTA views (identity, hflip) over the same images. Each way runs in its own
 process (its own peak memory); probabilities are compared afterwards against the eager fp32 loop.
 
-  --device cpu   eager loop vs the engine (ONNX Runtime CPU); prints the CPU model and flags
+  --device cpu   eager loop vs the engine (ONNX Runtime CPU); prints the CPU model and flags; with
+                 --precision bf16 also the engine on OpenVINO in bf16 (skipped, saying why, on a CPU without
+                 AVX512_BF16 or AMX), its agreement measured against the fp32 engine
   --device cuda  on one GPU: eager fp32 loop (batch 1 per view), a competent notebook (TTA views of a scale
                  batched, fp16 autocast), the engine on CUDA fp32, TensorRT fp32 and TensorRT fp16;
                  images/s, ratios, argmax agreement, peak GPU memory
@@ -125,12 +127,13 @@ def run_torch(work: Path, size: int, threads: int, device: str, batched_fp16: bo
 
 
 def run_engine(work: Path, threads: int, batch_images: int, workers: int, providers: list[str] | None, trt_fp16: bool,
-               name: str) -> dict:
+               name: str, precision: str = "fp32") -> dict:
     from segensemble.formats.images import list_images
     from segensemble.runtime.engine import PROBS, Engine, Want
     from segensemble.runtime.sessions import RuntimeOptions
 
-    options = RuntimeOptions(tuple(providers) if providers else None, threads=max(1, threads // workers), trt_fp16=trt_fp16)
+    options = RuntimeOptions(tuple(providers) if providers else None, threads=max(1, threads // workers), trt_fp16=trt_fp16,
+                             precision=precision, streams=workers)
     engine = Engine.from_build(work / "build", options, max_batch=batch_images, workers=workers)
     refs = list_images(work / "images")
     inside = _time_runs(engine.graph)
@@ -146,7 +149,7 @@ def run_engine(work: Path, threads: int, batch_images: int, workers: int, provid
             rss.append(_rss_mb())
     seconds = time.perf_counter() - start
     result = {"images_per_s": len(refs) / seconds, "seconds": seconds, "peak_rss_mb": _peak_rss_mb(),
-              "torch_loaded": "torch" in sys.modules, "providers": engine.active_providers,
+              "torch_loaded": "torch" in sys.modules, "providers": engine.active_providers, "precision": engine.precision,
               "run_share": sum(inside) / (seconds * workers), "rss_quarter_end_mb": rss}
     if gpu:
         result["peak_gpu_mb"] = gpu.stop()
@@ -213,6 +216,8 @@ def _peak_rss_mb() -> float:
 def _run_mode(args, work: Path, mode: str) -> dict:
     if mode in ("eager", "notebook"):
         return run_torch(work, args.size, args.threads, args.device, batched_fp16=mode == "notebook")
+    if mode == "engine-bf16":
+        return run_engine(work, args.threads, args.batch_images, args.workers, None, False, mode, precision="bf16")
     providers = {"engine": None, "engine-cuda": ["cuda"], "engine-trt": ["tensorrt", "cuda"], "engine-trt-fp16": ["tensorrt", "cuda"]}[mode]
     return run_engine(work, args.threads, args.batch_images, args.workers, providers, mode == "engine-trt-fp16", mode)
 
@@ -225,6 +230,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-images", type=int, default=1, help="engine images per graph run (default 1)")
     ap.add_argument("--workers", type=int, default=1, help="engine batches in flight; each gets threads/workers ORT threads (default 1)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="on CPU, bf16 adds the engine on OpenVINO in bf16")
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -235,6 +241,13 @@ def main() -> None:
         print(json.dumps(_run_mode(args, args.work, args.mode)))
         return
     modes = CPU_MODES if args.device == "cpu" else CUDA_MODES
+    if args.device == "cpu" and args.precision == "bf16":
+        from segensemble.runtime.openvino_session import BF16_FLAGS, cpu_flags
+
+        if cpu_flags() & set(BF16_FLAGS):
+            modes = [*modes, "engine-bf16"]
+        else:
+            print(f"bf16 skipped: this CPU has none of {', '.join(BF16_FLAGS)} ({cpu_description()})")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # every step in its own process: Linux keeps a parent's peak RSS across fork+exec, so a parent that had
@@ -250,6 +263,8 @@ def main() -> None:
             results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
             saved = "torch_fp16" if mode == "notebook" else mode
             results[mode] |= _agreement(work / "eager", work / saved) if mode != "eager" else {}
+            if mode == "engine-bf16":
+                results[mode] |= {f"{k}_vs_fp32_engine": v for k, v in _agreement(work / "engine", work / saved).items()}
     _report(args, results)
 
 
@@ -280,6 +295,10 @@ def _report(args, results: dict) -> None:
         print(line)
         if "argmax_worst" in r:
             print(f"{'':>18}vs eager fp32: argmax {r['argmax_worst']:.4%} (worst image), max |dP| {r['max_abs_dp']:.2e} (float16 storage)")
+        if "argmax_worst_vs_fp32_engine" in r:
+            speed = r["images_per_s"] / results["engine"]["images_per_s"]
+            print(f"{'':>18}vs the fp32 engine: {speed:.2f}x its images/s, argmax {r['argmax_worst_vs_fp32_engine']:.4%} (worst image), "
+                  f"max |dP| {r['max_abs_dp_vs_fp32_engine']:.2e}")
         if "run_share" in r:
             print(f"{'':>18}providers {', '.join(r['providers'])}; inside InferenceSession.run {r['run_share']:.1%} of wall time, "
                   f"host side {1 - r['run_share']:.1%}; imported torch: {r['torch_loaded']}")

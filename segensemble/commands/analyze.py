@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segensemble.commands.common import add_budget_flags
+from segensemble.commands.common import add_budget_flags, add_precision_flags
 
 
 def add(sub) -> None:
@@ -27,6 +27,7 @@ def add(sub) -> None:
     p.add_argument("--unlabeled", choices=["background", "ignore"], help="unannotated pixels (default: from the plan's first class)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_budget_flags(p)
+    add_precision_flags(p)
     p.set_defaults(func=run)
 
 
@@ -36,12 +37,13 @@ def run(args) -> int:
     from segensemble.jobs.analyze.report import AnalyzeOptions, analyze
     from segensemble.plan import load_plan
     from segensemble.runtime.engine import Engine
+    from segensemble.runtime.sessions import RuntimeOptions
 
     if not 0 <= args.holdout < 1:
         raise SegEnsembleError(f"--holdout must be in [0, 1), got {args.holdout}")
     plan = load_plan(args.plan)
     build_dir = build_or_given(args.plan, args.build, args.quiet)
-    engine = Engine.from_build(build_dir, budget=budget(args))
+    engine = Engine.from_build(build_dir, RuntimeOptions(trt_fp16=args.trt_fp16, precision=args.precision), budget=budget(args))
     options = AnalyzeOptions(args.output, args.holdout, args.seed, args.samples, args.cache_dtype, args.max_images,
                              args.unlabeled, not args.quiet)
     report = analyze(engine, args.coco, args.images, options, plan)

@@ -15,6 +15,9 @@ def add(sub) -> None:
                        "against the reference loop, and write DIR/manifest.json.")
     p.add_argument("plan", type=Path, help="plan.yaml")
     p.add_argument("-o", "--output", type=Path, help="build directory (default: build/ beside the plan)")
+    p.add_argument("--check-precision", choices=["bf16", "fp16"], help="measure what this precision costs against fp32 "
+                   "(label agreement, max |ΔP|) on --calib-images, else the plan's bn_images, else synthetic images")
+    p.add_argument("--calib-images", type=Path, help="images for --check-precision (the first 8)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -35,5 +38,11 @@ def run(args) -> int:
                 print(f"{e.file}: parity max |Δlogit| {e.parity.max_abs_logit:.2e}, argmax {e.parity.argmax_agreement:.4%}")
     for line in describe(result.manifest.graphs):
         print(line)
+    if args.check_precision:
+        from segensemble.jobs.precision_check import agreement, sample_images
+        from segensemble.jobs.precision_check import describe as describe_precision
+
+        images = sample_images(out, args.calib_images, [m.bn_images for m in load_plan(args.plan).members if m.bn_images])
+        print(describe_precision(agreement(out, args.check_precision, images)))
     print(f"build: {out} ({result.exported} exported, {result.reused} reused); providers here: {', '.join(result.manifest.providers)}")
     return 0

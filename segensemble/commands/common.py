@@ -44,9 +44,16 @@ def add_runtime_flags(p) -> None:
                    "divided among the workers)")
     p.add_argument("--profile", help="run a named lighter profile of the plan (profiles: in plan.yaml) instead of the whole ensemble")
     p.add_argument("--batch-images", type=int, default=1, help="images per engine batch (default 1: fastest and leanest on CPU; raise it on a GPU)")
-    p.add_argument("--trt-fp16", action="store_true", help="TensorRT in fp16 (default fp32); no effect without TensorRT")
+    add_precision_flags(p)
     add_budget_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_precision_flags(p) -> None:
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="fp32 (default, exact); bf16: OpenVINO on a CPU with AVX512_BF16 or AMX (faster, measure the cost "
+                   "with `ensemble evaluate --precision bf16`); fp16: TensorRT on a GPU")
+    p.add_argument("--trt-fp16", action="store_true", help="TensorRT in fp16 (same as --precision fp16 where TensorRT runs)")
 
 
 def add_budget_flags(p) -> None:
@@ -73,10 +80,11 @@ def open_engine(args):
         from segensemble.dist.ray_engine import RayEngine
 
         return RayEngine(build_dir, address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-                         threads_per_actor=args.threads or 1, profile=args.profile, budget=budget(args))
+                         threads_per_actor=args.threads or 1, profile=args.profile, budget=budget(args), precision=args.precision)
     workers = max(1, args.workers)
     threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
-    options = RuntimeOptions(tuple(args.providers) if args.providers else None, threads, trt_fp16=args.trt_fp16)
+    options = RuntimeOptions(tuple(args.providers) if args.providers else None, threads, trt_fp16=args.trt_fp16,
+                             precision=args.precision, streams=workers)
     engine = Engine.from_build(build_dir, options, max_batch=max(1, args.batch_images), workers=workers, profile=args.profile,
                                budget=budget(args))
     if engine.fell_back:

@@ -23,15 +23,42 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
+    """With --precision bf16/fp16 the same images are also scored at fp32, and the difference is reported."""
+    import copy
+
     from segensemble.formats.atomic import write_atomic
     from segensemble.jobs.evaluate import EvaluateOptions, evaluate
 
+    options = EvaluateOptions(args.unlabeled, args.batch_images, not args.quiet)
     engine = open_engine(args)
-    report = evaluate(engine, args.coco, args.images, EvaluateOptions(args.unlabeled, args.batch_images, not args.quiet))
+    report = evaluate(engine, args.coco, args.images, options)
+    print(f"{args.precision}: {engine.describe()}")
     print(evaluation_table(report))
+    if args.precision != "fp32":
+        exact = copy.copy(args)
+        exact.precision, exact.trt_fp16, exact.plan, exact.build = "fp32", False, None, engine.build_dir
+        baseline = evaluate(open_engine(exact), args.coco, args.images, options)
+        report |= {"precision": args.precision, "fp32": baseline, "delta_vs_fp32": _delta(report, baseline)}
+        print(f"\nfp32 on the same images:\n{evaluation_table(baseline)}")
+        print(_describe_delta(report["delta_vs_fp32"], args.precision))
     write_atomic(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
     print(f"report: {args.json}")
     return 0
+
+
+def _delta(report: dict, baseline: dict) -> dict:
+    """mIoU (dataset-level and per image) and per-class IoU of the ensemble: this precision minus fp32."""
+    now, was = report["ensemble"], baseline["ensemble"]
+    per_class = {c: None if now["iou"][c] is None or was["iou"][c] is None else now["iou"][c] - was["iou"][c] for c in now["iou"]}
+    members = {name: r["miou"] - baseline["members"][name]["miou"] for name, r in report["members"].items()}
+    return {"miou": now["miou"] - was["miou"], "miou_per_image": now["miou_per_image"] - was["miou_per_image"],
+            "iou": per_class, "members_miou": members}
+
+
+def _describe_delta(delta: dict, precision: str) -> str:
+    worst = min(((c, d) for c, d in delta["iou"].items() if d is not None), key=lambda cd: cd[1], default=None)
+    text = f"{precision} - fp32: ensemble mIoU {delta['miou']:+.4f}, per-image mIoU {delta['miou_per_image']:+.4f}"
+    return text + (f", worst class {worst[0]} {worst[1]:+.4f}" if worst else "")
 
 
 def evaluation_table(report: dict) -> str:

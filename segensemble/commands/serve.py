@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segensemble.commands.common import add_precision_flags
+
 
 def add(sub) -> None:
     p = sub.add_parser("serve", help="serve a build over HTTP: POST /segment",
@@ -28,7 +30,7 @@ def add(sub) -> None:
                    "than this many megapixel-views: each view's pixels, padded to the stride, summed (default 32)")
     p.add_argument("--max-memory-mb", type=float, default=None, help="refuse (422) an image whose estimated activation memory "
                    "exceeds this (default 4096)")
-    p.add_argument("--trt-fp16", action="store_true", help="TensorRT in fp16 (default fp32); no effect without TensorRT")
+    add_precision_flags(p)
     p.set_defaults(func=run)
 
 
@@ -41,6 +43,7 @@ def run(args) -> int:
               "body_timeout_s": args.body_timeout_s, "max_uploads": args.max_uploads, "max_cost": args.max_cost,
               "max_memory_mb": args.max_memory_mb}
     settings = ServeSettings(build_dir=args.build, providers=tuple(args.providers) if args.providers else None,
-                             threads=args.threads, trt_fp16=args.trt_fp16, **{k: v for k, v in fields.items() if v is not None})
+                             threads=args.threads, trt_fp16=args.trt_fp16, precision=args.precision,
+                             **{k: v for k, v in fields.items() if v is not None})
     serve(settings, host=args.host, port=args.port)
     return 0

@@ -34,11 +34,12 @@ def _ray():
 class EnsembleActor:
     """One engine per actor; called on batches of rows {index, path}; returns the outputs asked for."""
 
-    def __init__(self, build_dir: str, want: list[str], threads: int = 0, profile: str | None = None, budget: tuple = ()):
+    def __init__(self, build_dir: str, want: list[str], threads: int = 0, profile: str | None = None, budget: tuple = (),
+                 precision: str = "fp32"):
         from segensemble.runtime.engine import Engine
         from segensemble.runtime.sessions import RuntimeOptions
 
-        self.engine = Engine.from_build(build_dir, RuntimeOptions(threads=threads), profile=profile, budget=Budget(*budget))
+        self.engine = Engine.from_build(build_dir, RuntimeOptions(threads=threads, precision=precision), profile=profile, budget=Budget(*budget))
         self.want = Want(want)
 
     def __call__(self, batch: dict) -> dict:
@@ -69,12 +70,12 @@ class RayEngine:
     """The Runner protocol on a Ray cluster (``address=None`` starts or joins a local Ray)."""
 
     def __init__(self, build_dir: str | Path, address: str | None = None, actors: int = 2, gpus_per_actor: float = 0.0,
-                 threads_per_actor: int = 1, profile: str | None = None, budget: Budget = Budget()):
+                 threads_per_actor: int = 1, profile: str | None = None, budget: Budget = Budget(), precision: str = "fp32"):
         if actors < 1:
             raise SegEnsembleError(f"--actors must be >= 1, got {actors}")
         self.build_dir, self.address, self.actors = Path(build_dir), address, actors
         self.gpus_per_actor, self.threads_per_actor, self.profile = gpus_per_actor, threads_per_actor, profile
-        self.budget = budget
+        self.budget, self.precision = budget, precision
         self.manifest = read_manifest(build_dir).profile(profile)
         self.manifest.graph_entry(profile)  # the build has this profile's graph
 
@@ -87,7 +88,7 @@ class RayEngine:
         return self.manifest.members
 
     def describe(self) -> str:
-        return f"{sum(m.views for m in self.members)} views per image in one graph on {self.actors} Ray actor(s)"
+        return f"{sum(m.views for m in self.members)} views per image in one graph on {self.actors} Ray actor(s) ({self.precision})"
 
     def stream(self, refs: Iterable[ImageRef], want: Want = Want({LABELS}), batch_images: int = 1,
                ) -> Iterator[tuple[ImageRef, Prediction | ImageError]]:
@@ -104,7 +105,8 @@ class RayEngine:
         ds = ds.map_batches(
             EnsembleActor, fn_constructor_kwargs={"build_dir": str(self.build_dir), "want": sorted(want),
                                                   "threads": self.threads_per_actor, "profile": self.profile,
-                                                  "budget": (self.budget.max_megapixel_views, self.budget.max_memory_mb)},
+                                                  "budget": (self.budget.max_megapixel_views, self.budget.max_memory_mb),
+                                                  "precision": self.precision},
             batch_size=batch_images, compute=ray.data.ActorPoolStrategy(size=self.actors), num_gpus=self.gpus_per_actor or None,
             batch_format="numpy",
         )

@@ -119,8 +119,16 @@ class Engine:
     def forward_passes(self) -> int:
         return sum(m.views for m in self.members)
 
+    @property
+    def precision(self) -> str:
+        return self.graph.precision
+
+    @property
+    def runtime(self) -> str:
+        return "openvino" if self.precision == "bf16" else "onnxruntime"
+
     def describe(self) -> str:
-        return f"{self.forward_passes} views per image in one graph on {', '.join(self.active_providers)}"
+        return f"{self.forward_passes} views per image in one graph on {', '.join(self.active_providers)} ({self.precision})"
 
     def run(self, images: list[np.ndarray], want: Want = Want({LABELS}), control: RunControl | None = None) -> list[Prediction]:
         """One graph run over same-size RGB uint8 images."""
@@ -178,7 +186,7 @@ class Engine:
 
 def _check_classes(graph: GraphSession, classes: list[str]) -> None:
     """The graph's class axis and names must be the manifest's: a build whose files disagree is refused."""
-    channels = next(o.shape[1] for o in graph.session.get_outputs() if o.name == PROBS)
+    channels = graph.output_channels(PROBS)
     named = json.loads(graph.metadata.get("classes", "null"))
     if channels != len(classes) or named != classes:
         raise SegEnsembleError(f"{graph.path}: the graph outputs {channels} classes {named} but the manifest lists "

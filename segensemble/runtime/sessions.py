@@ -14,7 +14,7 @@ import functools
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,8 @@ class RuntimeOptions:
     # TensorRT optimization profile of the input `image`: ((N, H, W) min, opt, max); None = from the plan
     trt_profile: tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]] | None = None
     io_binding: bool | None = None  # None: on when a GPU provider is active (input up once, requested outputs down)
+    precision: str = "fp32"  # fp32 (exact, ONNX Runtime), bf16 (OpenVINO on a CPU with bf16), fp16 (TensorRT)
+    streams: int = 1  # runs in flight at once (the engine's workers); OpenVINO sizes its CPU streams by it
 
 
 @functools.cache
@@ -136,11 +138,15 @@ class GraphSession:
     requested: list[str]
     active: list[str] = field(default_factory=list)
     io_binding: bool = False
+    precision: str = "fp32"
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     @property
     def outputs(self) -> dict:
         return json.loads(self.metadata.get("outputs", "{}"))
+
+    def output_channels(self, name: str) -> int:
+        return next(o.shape[1] for o in self.session.get_outputs() if o.name == name)
 
     @property
     def fell_back(self) -> bool:
@@ -199,14 +205,34 @@ def session_options(options: RuntimeOptions):
     return so
 
 
-def open_graph(path: str | Path, options: RuntimeOptions = RuntimeOptions(), default_profile=None) -> GraphSession:
-    """Load an ensemble graph with deliberate options on the best providers here."""
-    import onnxruntime as ort
+PRECISIONS = ("fp32", "bf16", "fp16")
 
+
+def open_graph(path: str | Path, options: RuntimeOptions = RuntimeOptions(), default_profile=None):
+    """Load an ensemble graph on the runtime its precision needs: ONNX Runtime (fp32 on any provider, fp16 on
+    TensorRT) or OpenVINO (bf16 on a CPU with native bf16). Both answer the same calls."""
     path = Path(path)
     if not path.is_file():
         raise SegEnsembleError(f"{path}: ONNX file not found")
+    if options.precision not in PRECISIONS:
+        raise SegEnsembleError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {options.precision!r}")
+    if options.precision == "bf16":
+        from segensemble.runtime.openvino_session import check_bf16, open_openvino
+
+        check_bf16()
+        return open_openvino(path, "bf16", options.threads, options.streams)
+    return _open_onnxruntime(path, options, default_profile)
+
+
+def _open_onnxruntime(path: Path, options: RuntimeOptions, default_profile) -> GraphSession:
+    import onnxruntime as ort
+
     names = resolve_providers(options.providers)
+    if options.precision == "fp16":
+        if TRT not in names:
+            raise SegEnsembleError(f"--precision fp16 runs on TensorRT, which is not usable here (providers: {', '.join(names)}); "
+                                   "on a CPU use --precision bf16 (OpenVINO), or fp32")
+        options = replace(options, trt_fp16=True)
     profile = options.trt_profile or default_profile
     entries = _provider_entries(names, options, trt_profile_shapes(profile) if profile and TRT in names else None)
     try:
@@ -216,7 +242,8 @@ def open_graph(path: str | Path, options: RuntimeOptions = RuntimeOptions(), def
     active = list(session.get_providers())
     on_gpu = bool(GPU_PROVIDERS & set(active))
     graph = GraphSession(path, session, dict(session.get_modelmeta().custom_metadata_map), names, active,
-                         io_binding=on_gpu if options.io_binding is None else options.io_binding)
+                         io_binding=on_gpu if options.io_binding is None else options.io_binding,
+                         precision="fp16" if options.trt_fp16 and TRT in active else "fp32")
     if graph.fell_back:
         log.warning("%s: asked for %s but onnxruntime is running on %s (CUDA/cuDNN libraries missing?)", path.name, names, active)
     return graph

@@ -28,7 +28,8 @@ def create_app(settings: ServeSettings):
         from segensemble.serve.batching import Batcher
 
         state = app.state.serve
-        options = RuntimeOptions(settings.providers, settings.threads, trt_fp16=settings.trt_fp16)
+        options = RuntimeOptions(settings.providers, settings.threads, trt_fp16=settings.trt_fp16, precision=settings.precision,
+                                 streams=settings.workers)
         state.engine = Engine.from_build(settings.build_dir, options, settings.max_batch, budget=settings.budget)
         # one batcher per profile (each its own graph): requests are only grouped with requests for the same views
         for name in [None, *state.engine.manifest.profiles]:

@@ -64,6 +64,7 @@ async def readyz(state: State, response: Response) -> Ready:
         requested_providers=list(engine.graph.requested) if engine else [],
         fell_back_to_cpu=engine.fell_back if engine else False, members=len(engine.members) if engine else 0,
         forward_passes_per_image=engine.forward_passes if engine else 0,
+        runtime=engine.runtime if engine else "", device=engine.graph.device if engine else "", precision=engine.precision if engine else "",
         profiles={name: batcher.engine.forward_passes for name, batcher in state.batchers.items() if name},
     )
 

@@ -29,6 +29,9 @@ class Ready(BaseModel):
     providers: list[str] = Field(description="ONNX Runtime execution providers actually active")
     requested_providers: list[str]
     fell_back_to_cpu: bool = Field(description="true when a GPU provider was asked for but ONNX Runtime runs on CPU")
+    runtime: str = Field("", description="onnxruntime or openvino")
+    device: str = Field("", description="cpu or cuda")
+    precision: str = Field("", description="fp32, bf16 or fp16: what actually runs")
     members: int
     forward_passes_per_image: int
     profiles: dict[str, int] = Field(default_factory=dict, description="profile name -> forward passes per image")

@@ -21,6 +21,7 @@ class ServeSettings(BaseSettings):
     providers: Annotated[tuple[str, ...] | None, NoDecode] = Field(None, description="ONNX Runtime providers in order (env: comma-separated)")
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per physical core)")
     trt_fp16: bool = False
+    precision: str = Field("fp32", pattern="^(fp32|bf16|fp16)$", description="fp32, bf16 (OpenVINO, CPU) or fp16 (TensorRT)")
     max_batch: int = Field(8, ge=1, description="most images grouped into one engine call")
     batch_window_ms: float = Field(5.0, ge=0, description="how long the first request of a batch waits for company")
     max_queue: int = Field(64, ge=1, description="requests waiting for the engine beyond this get 503")
