@@ -76,11 +76,12 @@ def test_pixel_level_option_sets_uncertain_pixels_to_ignore():
 
 
 @pytest.mark.parametrize("rule,message", [
-    (PseudoRule(min_prob=0.0), "--min-prob"), (PseudoRule(min_prob=1.2), "--min-prob"),
-    (PseudoRule(max_uncertain=-0.1), "--max-uncertain"), (PseudoRule(max_uncertain=1.5), "--max-uncertain"),
-    (PseudoRule(background=7), "--background 7"), (PseudoRule(ignore_uncertain=True, ignore_index=2), "--ignore-index"),
+    (PseudoRule(min_prob=0.0), "min_prob: must be in"), (PseudoRule(min_prob=1.2), "min_prob: must be in"),
+    (PseudoRule(max_uncertain=-0.1), "max_uncertain: must be in"), (PseudoRule(max_uncertain=1.5), "max_uncertain"),
+    (PseudoRule(background=7), "background 7 is not a class id"), (PseudoRule(ignore_uncertain=True, ignore_index=2), "ignore_index 2"),
 ])
 def test_bad_values_are_clear_errors(rule, message):
+    """The library names the rule's field; the pseudo-label command words it as its flag (test below)."""
     with pytest.raises(SegEnsembleError, match=message):
         rule.validate(4)
 

@@ -54,8 +54,9 @@ def run(args) -> int:
 
     rule = PseudoRule(args.min_prob, args.max_uncertain, _background(args.background), args.keep_empty,
                       args.ignore_uncertain, args.ignore_index)
-    rule.validate(10**6)  # range checks before any model loads; the class-id check runs once classes are known
+    _check(rule, 10**6)  # range checks before any model loads; the class-id check runs once classes are known
     engine = open_engine(args)
+    _check(rule, len(engine.classes))
     options = PseudoOptions(
         output=args.output, rule=rule, merge_with=args.merge, merged_output=args.merged_output, masks_dir=args.save_masks,
         report=args.report or args.output.with_name(args.output.stem + ".report.csv"), file_prefix=args.file_prefix,
@@ -68,3 +69,14 @@ def run(args) -> int:
     for path in summary.outputs:
         print(f"wrote {path}")
     return 0
+
+
+def _check(rule, classes: int) -> None:
+    """The rule's range checks, worded as this command's flags."""
+    from segensemble.errors import SegEnsembleError
+    from segensemble.jobs.pseudo_rule import RuleError
+
+    try:
+        rule.validate(classes)
+    except RuleError as exc:
+        raise SegEnsembleError(f"--{exc.field.replace('_', '-')} {exc.detail}") from None

@@ -17,6 +17,14 @@ import numpy as np
 from segensemble.errors import SegEnsembleError
 
 
+class RuleError(SegEnsembleError):
+    """A rule field out of range; ``field`` names it."""
+
+    def __init__(self, field: str, detail: str):
+        super().__init__(f"{field} {detail}" if detail[0].isdigit() else f"{field}: {detail}")
+        self.field, self.detail = field, detail
+
+
 @dataclass(frozen=True)
 class PseudoRule:
     min_prob: float = 0.8
@@ -27,14 +35,15 @@ class PseudoRule:
     ignore_index: int = 255
 
     def validate(self, classes: int) -> None:
+        """RuleError naming the field at fault (the pseudo-label command words it as its flag)."""
         if not 0 < self.min_prob <= 1:
-            raise SegEnsembleError(f"--min-prob must be in (0, 1], got {self.min_prob}")
+            raise RuleError("min_prob", f"must be in (0, 1], got {self.min_prob}")
         if not 0 <= self.max_uncertain <= 1:
-            raise SegEnsembleError(f"--max-uncertain must be in [0, 1], got {self.max_uncertain}")
+            raise RuleError("max_uncertain", f"must be in [0, 1], got {self.max_uncertain}")
         if self.background is not None and not 0 <= self.background < classes:
-            raise SegEnsembleError(f"--background {self.background} is not a class id of this plan (0..{classes - 1}, or none)")
+            raise RuleError("background", f"{self.background} is not a class id of this plan (0..{classes - 1}, or none)")
         if self.ignore_uncertain and self.ignore_index < classes:
-            raise SegEnsembleError(f"--ignore-index {self.ignore_index} collides with a class id (0..{classes - 1})")
+            raise RuleError("ignore_index", f"{self.ignore_index} collides with a class id (0..{classes - 1})")
 
 
 @dataclass(frozen=True)
