@@ -43,7 +43,8 @@ def add_runtime_flags(p) -> None:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per worker (default 0: the CPU count "
                    "divided among the workers)")
     p.add_argument("--profile", help="run a named lighter profile of the plan (profiles: in plan.yaml) instead of the whole ensemble")
-    p.add_argument("--batch-images", type=int, default=1, help="images per engine batch (default 1: fastest and leanest on CPU; raise it on a GPU)")
+    p.add_argument("--batch-images", type=int, default=1,
+                   help="consecutive same-size images per graph run (default 1: fastest and leanest on CPU; raise it on a GPU)")
     add_precision_flags(p)
     add_budget_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
