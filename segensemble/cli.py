@@ -9,6 +9,7 @@ import sys
 
 from segensemble.commands import analyze, build, demo, evaluate, export, predict, pseudo, serve, triton
 from segensemble.errors import SegEnsembleError
+from segensemble.extras import missing_extra
 
 COMMANDS = (export, build, predict, evaluate, analyze, pseudo, serve, triton, demo)
 
@@ -36,6 +37,12 @@ def _run(args) -> int:
         return args.func(args)
     except SegEnsembleError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # an extra that is not installed: one line with its pip install, not a traceback
+        missing = missing_extra(exc, f"ensemble {args.command}")
+        if missing is None:
+            raise
+        print(f"error: {missing}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue", file=sys.stderr)

@@ -29,4 +29,9 @@ def test_demo_end_to_end(tmp_path):
     assert set(report["members"]) == {"unet-kfold", "unet-epochs", "unet-swa", "fpn"}
     rows = list(csv.reader(open(out / "submission.csv")))
     assert len(rows) == 13 and rows[0] == ["image_id", "PredictionString"]
-    assert (out / "pseudo.json").is_file() and (out / "pseudo.merged.json").is_file()
+    assert (out / "pseudo.json").is_file() and (out / "pseudo.report.csv").is_file()  # the CLI's default report name
+    merged = json.loads((out / "pseudo.merged.json").read_text())  # train + test images, one root: data/
+    assert f"relative to {out / 'data'}" in done.stdout
+    assert all((out / "data" / i["file_name"]).is_file() for i in merged["images"])
+    assert "train" in {i["file_name"].split("/")[0] for i in merged["images"]} <= {"train", "test"}
+    assert "steps on 24 images" in done.stdout  # training reports each model as it finishes

@@ -152,6 +152,40 @@ def test_cli_end_to_end_round_trips_through_pycocotools(built, data, engine, tmp
     assert len({a["id"] for a in merged["annotations"]}) == len(merged["annotations"])
     image_ids = {i["id"] for i in merged["images"]}
     assert all(a["image_id"] in image_ids for a in merged["annotations"])
+    # train.json's names are relative to train/, the pseudo ones to test/: the merged file has one root, the folder
+    # holding both, printed at the end, and every image in it opens from there (pixels equal to the originals)
+    root = data["root"]
+    assert f"the merged file's file_names are relative to {root}" in done.stdout
+    names = [i["file_name"] for i in merged["images"]]
+    assert names == [f"train/{i['file_name']}" for i in train["images"]] + [f"test/{n}" for n in (i["file_name"] for i in coco.imgs.values())]
+    for name in names:
+        original = data["train"].images / name[6:] if name.startswith("train/") else data["test"].images / name[5:]
+        np.testing.assert_array_equal(read_image(root / name), read_image(original))
+
+
+def test_merge_onto_the_train_root_and_clear_errors(built, data, tmp_path):
+    """Unlabelled images under the train root keep it (names rebased); a root that does not hold the train
+    images is refused before any image is predicted, naming the file and the flag."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data["train"].images, root / "train")
+    shutil.copytree(data["test"].images, root / "train" / "unlabelled")
+    train_json = tmp_path / "annotations.json"  # names relative to data/train: neither its folder nor a folder named after it
+    train_json.write_text(data["train"].coco.read_text())
+    args = [sys.executable, "-m", "segensemble.cli", "pseudo-label", str(root / "train" / "unlabelled"), "--build", str(built["dir"]),
+            "-o", str(tmp_path / "out" / "p.json"), "--min-prob", "0.3", "--max-uncertain", "0.9", "--merge", str(train_json), "--quiet"]
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 2 and "annotations.json" in done.stderr and "--merge-root" in done.stderr
+    assert not (tmp_path / "out" / "p.json").exists()
+    done = subprocess.run([*args, "--merge-root", str(root / "train")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    merged = json.loads((tmp_path / "out" / "p.merged.json").read_text())
+    names = [i["file_name"] for i in merged["images"]]
+    train = json.loads(train_json.read_text())
+    assert names[: len(train["images"])] == [i["file_name"] for i in train["images"]]
+    assert len(names) > len(train["images"]) and all(n.startswith("unlabelled/") for n in names[len(train["images"]):])
+    assert all((root / "train" / n).is_file() for n in names)
 
 
 def test_cli_rejects_bad_values_before_loading(built, data):

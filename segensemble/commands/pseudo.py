@@ -37,8 +37,11 @@ def add(sub) -> None:
     p.add_argument("--ignore-index", type=int, default=255, help="label for uncertain pixels with --ignore-uncertain (default 255)")
     p.add_argument("--merge", type=Path, metavar="TRAIN_JSON", help="also write TRAIN_JSON + the pseudo-labels, ids made unique")
     p.add_argument("--merged-output", type=Path, help="where the merged file goes (default: <output>.merged.json)")
-    p.add_argument("--file-prefix", default="", help="prepended to file_name in the COCO output (the images' path relative "
-                   "to the training image root, e.g. ../test/)")
+    p.add_argument("--merge-root", type=Path, metavar="DIR", help="the folder TRAIN_JSON's file_names are relative to (default: "
+                   "its folder, or the folder named after it, whichever holds all its images). The merged file's names are "
+                   "rebased onto one root, printed at the end: this one if IMAGES lies under it, else the folder holding both")
+    p.add_argument("--file-prefix", default="", help="prepended to file_name in the pseudo COCO file (-o) only; the merged "
+                   "file's names are rebased by themselves")
     p.add_argument("--save-masks", type=Path, metavar="DIR", help="write kept label maps as PNG here")
     p.add_argument("--report", type=Path, default=None, help="per-image report CSV (default: <output>.report.csv)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -49,7 +52,7 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from segensemble.jobs.pseudo_label import PseudoOptions, pseudo_label
+    from segensemble.jobs.pseudo_label import PseudoOptions, default_report, pseudo_label
     from segensemble.jobs.pseudo_rule import PseudoRule
 
     rule = PseudoRule(args.min_prob, args.max_uncertain, _background(args.background), args.keep_empty,
@@ -58,8 +61,9 @@ def run(args) -> int:
     engine = open_engine(args)
     _check(rule, len(engine.classes))
     options = PseudoOptions(
-        output=args.output, rule=rule, merge_with=args.merge, merged_output=args.merged_output, masks_dir=args.save_masks,
-        report=args.report or args.output.with_name(args.output.stem + ".report.csv"), file_prefix=args.file_prefix,
+        output=args.output, rule=rule, merge_with=args.merge, merged_output=args.merged_output, merge_root=args.merge_root,
+        images_root=args.images, masks_dir=args.save_masks,
+        report=args.report or default_report(args.output), file_prefix=args.file_prefix,
         resume=args.resume, skip_bad=args.skip_bad, batch_images=args.batch_images, progress=not args.quiet,
     )
     summary = pseudo_label(engine, image_refs(args), options)
@@ -68,6 +72,8 @@ def run(args) -> int:
         print(f"skipped {image_id}: {reason}")
     for path in summary.outputs:
         print(f"wrote {path}")
+    if summary.merged_root is not None:
+        print(f"the merged file's file_names are relative to {summary.merged_root}")
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segensemble.extras import missing_extra
 from segensemble.cost import Budget
 from segensemble.runtime.engine import LABELS, MEMBERS, PROBS, Prediction, Want
 from segensemble.errors import ImageError, SegEnsembleError
@@ -27,7 +28,7 @@ def _ray():
         import ray
         import ray.data  # noqa: F401  (the data extra: pandas, pyarrow)
     except ImportError as exc:
-        raise SegEnsembleError(f"--engine ray needs Ray Data: pip install 'segensemble[dist]' ({exc})") from None
+        raise missing_extra(exc, "--engine ray (Ray Data)") or exc from None
     return ray
 
 

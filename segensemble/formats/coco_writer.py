@@ -38,8 +38,9 @@ def assemble(records: list[dict], cats: list[dict]) -> dict:
     return {"images": images, "annotations": anns, "categories": cats}
 
 
-def merge(base: dict, extra: dict, source: str) -> dict:
-    """base + extra with extra's image and annotation ids shifted past base's; categories matched by name."""
+def merge(base: dict, extra: dict, source: str, base_prefix: str = "") -> dict:
+    """base + extra with extra's image and annotation ids shifted past base's; categories matched by name;
+    ``base_prefix`` is prepended to base's file_names (both rebased onto one image root)."""
     by_name = {c["name"].lower(): c["id"] for c in base.get("categories", [])}
     remap = {}
     for cat in extra["categories"]:
@@ -48,7 +49,8 @@ def merge(base: dict, extra: dict, source: str) -> dict:
         remap[cat["id"]] = by_name[cat["name"].lower()]
     img_off = max((i["id"] for i in base.get("images", [])), default=0)
     ann_off = max((a["id"] for a in base.get("annotations", [])), default=0)
-    images = base.get("images", []) + [{**i, "id": i["id"] + img_off} for i in extra["images"]]
+    images = [{**i, "file_name": base_prefix + i["file_name"]} for i in base.get("images", [])]
+    images += [{**i, "id": i["id"] + img_off} for i in extra["images"]]
     anns = base.get("annotations", []) + [
         {**a, "id": a["id"] + ann_off, "image_id": a["image_id"] + img_off, "category_id": remap[a["category_id"]]}
         for a in extra["annotations"]

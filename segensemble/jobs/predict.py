@@ -61,7 +61,6 @@ def predict_to_files(engine: Runner, refs: list[ImageRef], options: PredictOptio
                 _write(ref, result, options, writer)
                 summary.predicted += 1
             bar.update()
-            bar.set_postfix_str(f"{summary.predicted / max(1e-9, time.perf_counter() - start):.2f} img/s")
     except BaseException:
         if writer:
             writer.abort()

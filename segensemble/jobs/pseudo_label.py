@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.formats.atomic import write_atomic
+from segensemble.formats.coco_roots import MergedRoot, check_resolves, find_image_root, merged_root, rebase
 from segensemble.formats.coco_writer import assemble, categories, image_annotations, merge, read_json
 from segensemble.formats.images import ImageRef
 from segensemble.formats.masks import mask_path, save_mask
@@ -26,12 +27,19 @@ from segensemble.runtime.engine import PROBS, Runner, Want
 REPORT_HEADER = ["image", "nonbackground_pixels", "uncertain_pixels", "uncertain_share", "decision"]
 
 
+def default_report(output: Path) -> Path:
+    """The per-image report beside the COCO output: ``pseudo.json`` -> ``pseudo.report.csv``."""
+    return output.with_name(output.stem + ".report.csv")
+
+
 @dataclass(frozen=True)
 class PseudoOptions:
     output: Path
     rule: PseudoRule = PseudoRule()
     merge_with: Path | None = None
     merged_output: Path | None = None
+    merge_root: Path | None = None  # the folder merge_with's file_names are relative to (default: found, see coco_roots)
+    images_root: Path | None = None  # the folder the refs' image_ids are relative to (needed to merge)
     masks_dir: Path | None = None
     report: Path | None = None
     file_prefix: str = ""
@@ -48,6 +56,7 @@ class PseudoSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     shares: list[float] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
+    merged_root: Path | None = None  # the image root of the merged file
 
     def describe(self) -> str:
         return (f"kept {self.kept}, dropped {self.dropped}" + (f", skipped {len(self.skipped)}" if self.skipped else "")
@@ -58,6 +67,7 @@ def pseudo_label(engine: Runner, refs: list[ImageRef], options: PseudoOptions) -
     """Run, decide, journal; then write the COCO file(s), masks and report."""
     rule = options.rule
     rule.validate(len(engine.classes))
+    merging = _merging(options)  # a merge that cannot work stops the run before any image is predicted
     for ref in refs if options.masks_dir else []:  # a bad name stops the run before anything is written
         mask_path(options.masks_dir, ref.image_id, ref.path)
     journal_path = options.output.with_name(options.output.name + ".partial.jsonl")
@@ -79,7 +89,7 @@ def pseudo_label(engine: Runner, refs: list[ImageRef], options: PseudoOptions) -
             records.append(record)
             bar.update()
     bar.close()
-    summary = _finish(records, engine.classes, options)
+    summary = _finish(records, engine.classes, options, merging)
     journal_path.unlink()
     return summary
 
@@ -112,9 +122,20 @@ def _read_journal(path: Path, refs: list[ImageRef]) -> list[dict]:
     return records
 
 
-def _finish(records: list[dict], classes: list[str], options: PseudoOptions) -> PseudoSummary:
+def _merging(options: PseudoOptions) -> tuple[dict, MergedRoot] | None:
+    """The train COCO and the one image root the merged file will have (None when not merging)."""
+    if not options.merge_with:
+        return None
+    if options.images_root is None:
+        raise SegEnsembleError("merging pseudo-labels needs the unlabelled images' root folder (images_root)")
+    train = read_json(options.merge_with)
+    train_root = find_image_root(train, Path(options.merge_with), options.merge_root)
+    return train, merged_root(train_root, options.images_root)
+
+
+def _finish(records: list[dict], classes: list[str], options: PseudoOptions, merging) -> PseudoSummary:
     summary = PseudoSummary()
-    kept = []
+    kept, kept_names = [], []
     for r in records:
         if "skipped" in r:
             summary.skipped.append((r["image"], r["skipped"]))
@@ -123,6 +144,7 @@ def _finish(records: list[dict], classes: list[str], options: PseudoOptions) -> 
             summary.shares.append(r["share"])
         if r["kept"]:
             summary.kept += 1
+            kept_names.append(r["image"])
             kept.append({"file_name": options.file_prefix + r["image"], "height": r["height"], "width": r["width"],
                          "annotations": r["annotations"]})
         else:
@@ -130,10 +152,16 @@ def _finish(records: list[dict], classes: list[str], options: PseudoOptions) -> 
     coco = assemble(kept, categories(classes, options.rule.background))
     _write_json(options.output, coco)
     summary.outputs.append(options.output)
-    if options.merge_with:
+    if merging:
+        train, where = merging
+        rebased = {**coco, "images": [{**i, "file_name": rebase(options.images_root, kept_name, where.root)}
+                                      for i, kept_name in zip(coco["images"], kept_names)]}
+        merged = merge(train, rebased, str(options.merge_with), where.train_prefix)
         merged_path = options.merged_output or options.output.with_name(options.output.stem + ".merged.json")
-        _write_json(merged_path, merge(read_json(options.merge_with), coco, str(options.merge_with)))
+        check_resolves(merged, where.root, str(merged_path))
+        _write_json(merged_path, merged)
         summary.outputs.append(merged_path)
+        summary.merged_root = where.root
     if options.report:
         write_atomic(options.report, lambda tmp: tmp.write_text(_report_csv(records)))
         summary.outputs.append(options.report)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.errors import SegEnsembleError
+from segensemble.extras import missing_extra
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -77,8 +78,8 @@ def open_openvino(path: Path, precision: str, threads: int, streams: int) -> Ope
     """Compile ``path`` for the CPU at ``precision`` (bf16 or f32)."""
     try:
         import openvino as ov
-    except ImportError:
-        raise SegEnsembleError("--precision bf16 runs on OpenVINO: pip install 'segensemble[openvino]'") from None
+    except ImportError as exc:
+        raise missing_extra(exc, "--precision bf16 (OpenVINO)") or exc from None
     import onnx
 
     core = ov.Core()

@@ -13,9 +13,21 @@ import numpy as np
 from segensemble.serve.settings import ServeSettings
 
 
-def create_app(settings: ServeSettings):
+def open_engine(settings: ServeSettings):
+    """The engine the settings ask for; opened before uvicorn starts, so a bad build is a one-line error."""
+    from segensemble.runtime.engine import Engine
+    from segensemble.runtime.sessions import RuntimeOptions
+
+    options = RuntimeOptions(settings.providers, settings.threads, trt_fp16=settings.trt_fp16, precision=settings.precision,
+                             streams=settings.workers)
+    return Engine.from_build(settings.build_dir, options, settings.max_batch, budget=settings.budget)
+
+
+def create_app(settings: ServeSettings, engine=None):
+    """The app over ``engine`` (opened from the settings in the lifespan when not given)."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
+    from fastapi_offline import FastAPIOffline
 
     from segensemble.serve.metrics import Metrics
     from segensemble.serve.routes import router
@@ -23,19 +35,15 @@ def create_app(settings: ServeSettings):
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from segensemble.runtime.engine import Engine
-        from segensemble.runtime.sessions import RuntimeOptions
         from segensemble.serve.batching import Batcher
 
         state = app.state.serve
-        options = RuntimeOptions(settings.providers, settings.threads, trt_fp16=settings.trt_fp16, precision=settings.precision,
-                                 streams=settings.workers)
-        state.engine = Engine.from_build(settings.build_dir, options, settings.max_batch, budget=settings.budget)
+        state.engine = engine or open_engine(settings)
         # one batcher per profile (each its own graph): requests are only grouped with requests for the same views
         for name in [None, *state.engine.manifest.profiles]:
-            engine = state.engine.with_profile(name)
-            engine.predict([np.zeros((64, 64, 3), np.uint8)])  # warm-up: first ORT runs allocate and tune
-            state.batchers[name] = Batcher(engine, settings.max_batch, settings.batch_window_ms / 1000, settings.max_queue,
+            profiled = state.engine.with_profile(name)
+            profiled.predict([np.zeros((64, 64, 3), np.uint8)])  # warm-up: first ORT runs allocate and tune
+            state.batchers[name] = Batcher(profiled, settings.max_batch, settings.batch_window_ms / 1000, settings.max_queue,
                                            on_batch=state.metrics.batch_size.observe, workers=settings.workers)
         for batcher in state.batchers.values():
             batcher.start()
@@ -45,7 +53,8 @@ def create_app(settings: ServeSettings):
         for batcher in state.batchers.values():
             await batcher.stop()
 
-    app = FastAPI(title="segensemble", version=_version(), lifespan=lifespan,
+    # /docs and /redoc from assets shipped in fastapi-offline: a cluster's server has no CDN to load Swagger UI from
+    app = FastAPIOffline(title="segensemble", version=_version(), lifespan=lifespan,
                   description="Semantic segmentation by a soft-voting ensemble: the same engine as `ensemble predict`.")
     app.state.serve = ServeState(settings, Metrics.create())
     app.include_router(router)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 
-from segensemble.serve.app import create_app
+from segensemble.serve.app import create_app, open_engine
 from segensemble.serve.settings import ServeSettings
 
 
@@ -21,7 +21,7 @@ def log_config() -> dict:
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", log_config=log_config(),
+    uvicorn.run(create_app(settings, open_engine(settings)), host=host, port=port, log_level="info", log_config=log_config(),
                 timeout_graceful_shutdown=int(settings.timeout_s) + 5,
                 # a backstop on open connections (uvicorn answers 503 past it, /healthz included); the app's own
                 # bounds (uploads, queue) are far below it, so /healthz keeps answering when /segment refuses work

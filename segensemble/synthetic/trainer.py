@@ -24,9 +24,15 @@ def load_split_arrays(image_dir: Path, coco_images: list[dict], masks: list[np.n
 
 
 def train_tiny(spec: ModelSpec, images: np.ndarray, masks: np.ndarray, steps: int = 60, seed: int = 0,
-               mean=IMAGENET_MEAN, std=IMAGENET_STD, lr: float = 3e-3, snapshots: tuple[int, ...] = ()):
-    """Train from random weights; returns the model and a state_dict copy at each step in ``snapshots``."""
+               mean=IMAGENET_MEAN, std=IMAGENET_STD, lr: float = 3e-3, snapshots: tuple[int, ...] = (),
+               crop: int | None = None, progress: str | None = None):
+    """Train from random weights; returns the model and a state_dict copy at each step in ``snapshots``.
+
+    ``crop`` trains on random square crops of that side (half the compute of 96x96 at 64: the demo's
+    budget); ``progress`` names a step bar with the running loss, so a long fit never looks hung.
+    """
     import torch
+    from tqdm import tqdm
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -35,18 +41,30 @@ def train_tiny(spec: ModelSpec, images: np.ndarray, masks: np.ndarray, steps: in
     y_all = torch.from_numpy(masks.astype(np.int64))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     saved = {}
-    for step in range(1, steps + 1):
+    bar = tqdm(range(1, steps + 1), desc=progress, unit="step", leave=False, disable=progress is None)
+    for step in bar:
         idx = torch.from_numpy(rng.choice(len(x_all), size=min(8, len(x_all)), replace=False))
-        x, y = x_all[idx], y_all[idx]
+        x, y = _random_crop(x_all[idx], y_all[idx], crop, rng)
         if rng.random() < 0.5:
             x, y = x.flip(-1), y.flip(-1)
         loss = torch.nn.functional.cross_entropy(model(x), y, ignore_index=255)  # 255 = void in real label maps
         opt.zero_grad()
         loss.backward()
         opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if step in snapshots:
             saved[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    bar.close()
     return model.eval(), saved
+
+
+def _random_crop(x, y, crop: int | None, rng: np.random.Generator):
+    """One random window for the whole batch (NCHW images, NHW masks); the full image if it is smaller."""
+    h, w = y.shape[-2:]
+    if crop is None or (crop >= h and crop >= w):
+        return x, y
+    top, left = int(rng.integers(0, max(1, h - crop + 1))), int(rng.integers(0, max(1, w - crop + 1)))
+    return x[..., top:top + crop, left:left + crop], y[..., top:top + crop, left:left + crop]
 
 
 def save_checkpoint(model, path: Path, form: str, state: dict | None = None) -> Path:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from segensemble.errors import SegEnsembleError
+from segensemble.extras import missing_extra
 
 
 def _matplotlib():
     try:
         import matplotlib
-    except ImportError:
-        raise SegEnsembleError("ensemble analyze draws its pictures with matplotlib: pip install 'segensemble[analyze]'") from None
+    except ImportError as exc:
+        raise missing_extra(exc, "ensemble analyze's pictures") or exc from None
     matplotlib.use("Agg")
     return matplotlib
 
