@@ -86,6 +86,16 @@ def test_bad_image_stops_keeps_rows_and_resume_finishes(engine, data, tmp_path):
     assert out.read_text() == fresh.read_text()
 
 
+def test_a_stopped_cli_run_says_what_resume_continues(built, data, tmp_path):
+    folder = _copy_images(data, tmp_path)
+    (folder / "test_0002.png").write_bytes(b"not a png at all")
+    out = tmp_path / "sub.csv"
+    done = subprocess.run([sys.executable, "-m", "segensemble.cli", "predict", str(folder), "--build", str(built["dir"]),
+                           "-o", str(out), "--quiet", "--workers", "1"], capture_output=True, text=True)
+    assert done.returncode == 2 and "test_0002.png" in done.stderr
+    assert f"the 2 rows written so far are kept in {out}.partial; rerun with --resume" in done.stderr
+
+
 def test_resume_drops_a_torn_last_row(engine, data, tmp_path):
     refs = list_images(data["test"].images)
     full = tmp_path / "full.csv"
@@ -125,7 +135,7 @@ def test_engine_ray_without_ray_says_how_to_install(built, data, tmp_path):
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] == 'ray':\n"
-        "            raise ImportError('No module named ray')\n"
+        "            raise ModuleNotFoundError('No module named ' + repr(name), name=name)\n"  # as in a venv without it
         "sys.meta_path.insert(0, Block())\n"
         "from segensemble.cli import main\n"
         f"sys.exit(main(['predict', {str(data['test'].images)!r}, '--build', {str(built['dir'])!r}, '--engine', 'ray', "

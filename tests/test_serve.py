@@ -182,6 +182,25 @@ def test_metrics_and_openapi(server):
     assert {"400", "413", "415", "422", "503", "504"} <= set(post["responses"])
 
 
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_every_asset_from_the_server(server, page):
+    """An offline server's /docs works: the page names no other host, and every script and stylesheet it
+    loads is served by the app itself (Swagger UI 5 / ReDoc, from fastapi-offline)."""
+    import re
+
+    html = httpx.get(server + page).text
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", html), html  # nothing from a CDN
+    assets = re.findall(r"(?:src|href)=[\"']?(/[^\"' >]+)", html)
+    assert any(a.endswith(".js") for a in assets)
+    for asset in assets:
+        got = httpx.get(server + asset)
+        assert got.status_code == 200 and len(got.content) > 1000, asset
+    if page == "/docs":
+        assert httpx.get(server + "/openapi.json").json()["openapi"].startswith("3.1")
+        bundle = httpx.get(server + next(a for a in assets if a.endswith("swagger-ui-bundle.js"))).text
+        assert "OpenAPI 3.1" in bundle or "isOAS31" in bundle  # a Swagger UI that renders FastAPI's 3.1 schema
+
+
 def test_bad_request_does_not_disturb_a_batch(server, data, offline_masks):
     path = data["test"].images / "test_0002.png"
     good = path.read_bytes()

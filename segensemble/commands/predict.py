@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from segensemble.commands.common import add_dist_flags, add_runtime_flags, image_refs, open_engine
+from segensemble.errors import SegEnsembleError
 
 
 def add(sub) -> None:
@@ -33,7 +35,11 @@ def run(args) -> int:
     refs = image_refs(args)
     options = PredictOptions(csv_path, args.save_masks, args.save_probs, tuple(args.submission_size), args.resume,
                              args.skip_bad, args.batch_images, not args.quiet)
-    s = predict_to_files(engine, refs, options)
+    try:
+        s = predict_to_files(engine, refs, options)
+    except (SegEnsembleError, KeyboardInterrupt):
+        _say_what_is_kept(csv_path)
+        raise
     print(f"predicted {s.predicted} of {s.total} images in {s.seconds:.1f}s ({s.images_per_second:.2f} img/s, "
           f"{engine.describe()})"
           + (f"; {s.resumed} already done" if s.resumed else ""))
@@ -43,3 +49,13 @@ def run(args) -> int:
         if path:
             print(f"{label}: {path}")
     return 0
+
+
+def _say_what_is_kept(csv_path: Path | None) -> None:
+    from segensemble.formats.submission import partial_path
+
+    partial = partial_path(csv_path) if csv_path else None
+    if partial and partial.is_file():
+        rows = max(0, partial.read_bytes().count(b"\n") - 1)
+        print(f"stopped: the {rows} rows written so far are kept in {partial}; rerun with --resume to continue after them",
+              file=sys.stderr)

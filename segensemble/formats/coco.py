@@ -48,7 +48,20 @@ def coco_images(coco_path: str | Path, image_root: str | Path, coco=None) -> lis
         except ImageError as exc:
             raise SegEnsembleError(f"{coco_path}: image id {img.get('id')}: file_name {exc}") from None
         refs.append(ImageRef(name, root / name, img["id"]))
+    _check_root(refs, Path(coco_path), root)
     return refs
+
+
+def _check_root(refs: list[ImageRef], coco_path: Path, root: Path) -> None:
+    """A wrong image root, said as such (with the folder that would work, if one nearby does), rather than
+    as every image missing; a few missing images are left to the job (--skip-bad)."""
+    if not refs or any(ref.path.is_file() for ref in refs):
+        return
+    name = refs[0].image_id
+    nearby = [coco_path.parent, coco_path.parent / coco_path.stem, root / coco_path.stem]
+    hint = next((f"; {c} holds {name!r}, so that is likely the root" for c in nearby if (c / name).is_file()), "")
+    raise SegEnsembleError(f"{coco_path}: none of its {len(refs)} images is under the image root {root} (no {root / name}); "
+                           f"COCO file_names are relative to the image root{hint}")
 
 
 def category_map(coco, classes: list[str], source: str) -> dict[int, int]:

@@ -24,12 +24,17 @@ def submission_string(labels: np.ndarray, size_hw: tuple[int, int] = (256, 256))
     return " ".join(map(str, small.ravel().tolist()))
 
 
+def partial_path(csv_path: Path) -> Path:
+    """Where an unfinished run's rows are kept (what ``--resume`` continues)."""
+    return Path(csv_path).with_name(Path(csv_path).name + ".partial")
+
+
 class SubmissionWriter:
     """Appends rows in input order; ``done`` holds the ids already written when resuming."""
 
     def __init__(self, target: Path, resume: bool = False):
         self.target = Path(target)
-        self.partial = self.target.with_name(self.target.name + ".partial")
+        self.partial = partial_path(self.target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.done: list[str] = self._recover() if resume else []
         self._fh = open(self.partial, "a" if self.done else "w", newline="")
