@@ -49,9 +49,9 @@ def test_serve_without_its_extra(built):
 
 
 def test_analyze_pictures_without_matplotlib(built, data, tmp_path):
-    line = _one_line(_run_without({"matplotlib"}, ["analyze", str(built["plan"]), "--coco", str(data["train"].coco), "--images", str(data["train"].images),
-                                                   "--build", str(built["dir"]), "-o", str(tmp_path / "r"), "--quiet"]))
-    assert "pip install 'segensemble[analyze]'" in line
+    argv = ["analyze", str(built["plan"]), "--coco", str(data["train"].coco), "--images", str(data["train"].images),
+            "--build", str(built["dir"]), "-o", str(tmp_path / "r"), "--quiet"]
+    assert "pip install 'segensemble[analyze]'" in _one_line(_run_without({"matplotlib"}, argv))
 
 
 def test_serve_on_a_missing_build_is_one_line(tmp_path):
