@@ -6,12 +6,16 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from segensemble.export.graph import build_graph
+from segensemble.formats.coco import category_map, coco_images, label_map, load_coco
+from segensemble.formats.images import read_image
 from segensemble.jobs.analyze.report import AnalyzeOptions, analyze
 from segensemble.jobs.analyze.selection import greedy_selection, weight_search
 from segensemble.jobs.evaluate import EvaluateOptions, evaluate
+from segensemble.jobs.metrics import image_miou
 from segensemble.manifest import GraphEntry, file_sha256
 from segensemble.plan import load_plan
 from segensemble.runtime.engine import Engine
@@ -72,20 +76,60 @@ def test_greedy_on_a_known_score():
     assert weight_search([1.0, 1.0, 1.0], score)["miou"] >= score([1.0, 1.0, 1.0])
 
 
-def test_pictures_html_json_and_tuned_plan(report):
+def test_pictures_html_json_and_tuned_plan(report, engine, data):
     rep, out = report
     pics = rep["pictures"]
-    for rel in [*pics["samples"], pics["iou_per_class"], pics["confusion"]]:
+    for rel in [*(w["picture"] for w in pics["worst"]), pics["iou_per_class"], pics["confusion"]]:
         path = out / rel
         assert path.is_file() and path.stat().st_size > 2000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(pics["samples"]) == 2
+    # the grids are the worst images, worst first: per-image mIoU of the ensemble really run, image by image
+    coco = load_coco(data["test"].coco)
+    cats = category_map(coco, engine.classes, "test")
+    refs = coco_images(data["test"].coco, data["test"].images)
+    preds = engine.predict([read_image(r.path) for r in refs])
+    scores = {r.image_id: image_miou(label_map(coco, r.coco_id, cats, 0), p.labels, len(engine.classes)) for r, p in zip(refs, preds)}
+    worst = sorted(scores, key=lambda k: (scores[k], k))[:2]
+    assert [w["image"] for w in pics["worst"]] == worst
+    assert [w["miou"] for w in pics["worst"]] == pytest.approx([scores[k] for k in worst], abs=1e-6)
     page = (out / "index.html").read_text()
-    assert "no TTA" in page and pics["confusion"] in page
+    assert "no TTA" in page and pics["confusion"] in page and "lowest per-image mIoU" in page
+    gains = [r["gain"] for r in rep["ablation"] if r.get("gain") is not None]
+    assert any(f"{g:+.4f}" in page for g in gains if g > 0)  # gains keep their sign
+    assert not (out / "cache").exists() and rep["cache"]["bytes"] > 0 and not rep["cache"]["kept"]
     saved = json.loads((out / "report.json").read_text())
     assert saved["full"]["miou"] == rep["full"]["miou"] and len(saved["confusion"]) == len(rep["classes"])
     tuned = load_plan(out / "plan.tuned.yaml")
     chosen = [w for w in rep["selection"]["chosen"]["weights"] if w > 0]
     assert [m.weight for m in tuned.members] == chosen
+
+
+def test_picture_legends_and_undefined_classes():
+    """The grid names every class colour and the TP/FP/FN coding; bars mark a class with no IoU n/a (not 0),
+    leave room above 1.0 and keep the legend off the bars; the heat map marks a class absent from the truth."""
+    from segensemble.jobs.analyze.pictures import bars_figure, confusion_figure, grid_figure
+
+    names = ["Background", "General trash", "Paper", "Metal"]
+    gt = np.zeros((16, 16), np.uint8)
+    gt[2:8, 2:8], gt[10:14, 10:14], gt[0, :] = 2, 3, 255
+    pred = gt.copy()
+    pred[0, :] = 0
+    pred[10:14, 10:12] = 0
+    fig = grid_figure("t", np.zeros((16, 16, 3), np.uint8), gt, pred, names)
+    legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+    assert {"Background", "Paper", "Metal", "ignored"} <= set(legend) and "General trash" not in legend
+    assert any("TP" in t for t in legend) and any("FP" in t for t in legend) and any("FN" in t for t in legend)
+    fig = bars_figure(names, {"ensemble": {"Background": 1.0, "General trash": None, "Paper": 0.9, "Metal": 0.5},
+                              "best": {"Background": 0.99, "General trash": None, "Paper": 0.8, "Metal": 0.0}})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts].count("n/a") == 2
+    assert sorted(round(p.get_height(), 2) for p in ax.patches) == [0.0, 0.5, 0.8, 0.9, 0.99, 1.0]  # a real 0 is still a bar
+    assert ax.get_ylim()[1] > 1.0
+    fig.canvas.draw()
+    legend_box, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend_box.y0 >= axes_box.y1 - 1  # above the plot, over no bar
+    cm = np.array([[50, 0, 0, 0], [0, 0, 0, 0], [1, 0, 9, 0], [0, 0, 0, 4]])
+    texts = [t.get_text() for t in confusion_figure(names, cm).axes[0].texts]
+    assert texts[4:8] == ["n/a"] * 4 and texts[8] == "0.10"
 
 
 def test_cli_analyze(built, data, tmp_path):

@@ -63,4 +63,10 @@ def test_cli_evaluate(built, data, tmp_path):
                            str(data["test"].images), "--build", str(built["dir"]), "--json", str(out), "--quiet"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "ensemble" in done.stdout and "unet-ms" in done.stdout
-    assert set(json.loads(out.read_text())["members"]) == {"unet-ms", "unet-folds", "unet-epochs", "unet-swa", "fpn"}
+    report = json.loads(out.read_text())
+    assert set(report["members"]) == {"unet-ms", "unet-folds", "unet-epochs", "unet-swa", "fpn"}
+    # one row per class, full names, the report's own figures; n/a where the IoU is undefined, and said so
+    for cls, iou in report["ensemble"]["iou"].items():
+        row = next(line for line in done.stdout.splitlines() if line.startswith(f"  {cls}  "))
+        assert row.split()[-1] == ("n/a" if iou is None else f"{iou:.3f}")
+    assert "n/a: the class is in neither" in done.stdout

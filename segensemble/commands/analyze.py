@@ -19,12 +19,15 @@ def add(sub) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("report"), help="report folder (default report/)")
     p.add_argument("--build", type=Path, help="an existing build of this plan")
     p.add_argument("--holdout", type=float, default=0.0, help="share of images kept out of selection to report an honest figure (e.g. 0.3)")
-    p.add_argument("--samples", type=int, default=4, help="validation images drawn as error grids (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the held-out split and the samples (default 0)")
+    p.add_argument("--samples", type=int, default=4, help="the worst images (lowest per-image mIoU) drawn as error grids, "
+                   "worst first (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the held-out split and --max-images (default 0)")
     p.add_argument("--max-images", type=int, help="analyze a seeded sample of this many images (the cache holds every view "
                    "of every image: C x H x W x views values each)")
     p.add_argument("--cache-dtype", choices=["float16", "float32"], default="float16", help="per-view cache precision (default float16)")
     p.add_argument("--unlabeled", choices=["background", "ignore"], help="unannotated pixels (default: from the plan's first class)")
+    p.add_argument("--keep-cache", action="store_true", help="keep the per-view probability cache (OUTPUT/cache, its size "
+                   "printed at the end) for your own analysis; by default it is removed once the report is written")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_budget_flags(p)
     add_precision_flags(p)
@@ -45,14 +48,14 @@ def run(args) -> int:
     build_dir = build_or_given(args.plan, args.build, args.quiet)
     engine = Engine.from_build(build_dir, RuntimeOptions(trt_fp16=args.trt_fp16, precision=args.precision), budget=budget(args))
     options = AnalyzeOptions(args.output, args.holdout, args.seed, args.samples, args.cache_dtype, args.max_images,
-                             args.unlabeled, not args.quiet)
+                             args.unlabeled, not args.quiet, args.keep_cache)
     report = analyze(engine, args.coco, args.images, options, plan)
     print(f"full ensemble mIoU {report['full']['miou']:.4f} ({report['full']['forward_passes']} passes, "
           f"{report['full']['ms_per_image']:.0f} ms/img)")
     print(f"{'variant':<28}{'mIoU':>8}{'gain':>9}{'passes':>8}{'ms/img':>9}")
     for r in report["ablation"]:
         if r.get("miou") is None:
-            print(f"{r['variant']:<28}{'-':>8}{'-':>9}   ({r['note']})")
+            print(f"{r['variant']:<28}{'n/a':>8}{'n/a':>9}   ({r['note']})")
         else:
             print(f"{r['variant']:<28}{r['miou']:>8.4f}{r['gain']:>+9.4f}{r['forward_passes']:>8}{r['ms_per_image']:>9.1f}")
     chosen = report["selection"]["chosen"]
@@ -60,5 +63,8 @@ def run(args) -> int:
     if "holdout" in report["selection"]:
         h = report["selection"]["holdout"]
         print(f"held out: plan weights {h['plan_weights']:.4f}, chosen {h['chosen']:.4f}, best single {h['best_single']:.4f}")
+    cache = report["cache"]
+    print(f"view cache: {cache['path']} ({cache['bytes'] / 2**20:.1f} MB), "
+          + ("kept: delete it when done" if cache["kept"] else "removed (--keep-cache keeps it)"))
     print(f"report: {args.output / 'index.html'}")
     return 0

@@ -62,13 +62,14 @@ def _describe_delta(delta: dict, precision: str) -> str:
 
 
 def evaluation_table(report: dict) -> str:
-    """Members and the ensemble as rows, per-class IoU as columns."""
+    """Classes as rows (full names, however many), members and the ensemble as columns, and what n/a means."""
     from segensemble.jobs.evaluate import ENSEMBLE
 
-    rows = [*report["members"].items(), (ENSEMBLE, report["ensemble"])]
-    names = list(report["ensemble"]["iou"])
-    lines = [["model", "mIoU", "mIoU/img", *[n[:10] for n in names]]]
-    for name, r in rows:
-        cells = [name, f"{r['miou']:.4f}", f"{r['miou_per_image']:.4f}"]
-        lines.append(cells + ["-" if r["iou"][n] is None else f"{r['iou'][n]:.3f}" for n in names])
-    return text_table(lines)
+    columns = [*report["members"].items(), (ENSEMBLE, report["ensemble"])]
+    lines = [["", *(name for name, _ in columns)],
+             ["mIoU", *(f"{r['miou']:.4f}" for _, r in columns)],
+             ["mIoU/img", *(f"{r['miou_per_image']:.4f}" for _, r in columns)]]
+    for cls in report["ensemble"]["iou"]:
+        lines.append([f"  {cls}", *("n/a" if r["iou"][cls] is None else f"{r['iou'][cls]:.3f}" for _, r in columns)])
+    return (text_table(lines, rule=True) + "\nIoU per class below mIoU; n/a: the class is in neither the ground truth nor "
+            "that model's prediction (undefined, left out of mIoU); 0.000: it is in one of them and they never overlap")

@@ -22,6 +22,16 @@ def iou_per_class(cm: np.ndarray) -> np.ndarray:
         return np.where(union > 0, tp / union, np.nan)
 
 
+def mean_iou(ious: np.ndarray) -> float:
+    """The mean over defined classes; NaN when none is (no class in ground truth or prediction)."""
+    return float("nan") if np.all(np.isnan(ious)) else float(np.nanmean(ious))
+
+
+def image_miou(gt: np.ndarray, pred: np.ndarray, classes: int) -> float:
+    """One image's mIoU, as the contest's per-image average counts it."""
+    return mean_iou(iou_per_class(confusion(gt, pred, classes)))
+
+
 class IouMeter:
     """Accumulates both figures over a stream of (gt, pred) pairs."""
 
@@ -33,14 +43,14 @@ class IouMeter:
     def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
         cm = confusion(gt, pred, self.classes)
         self.total += cm
-        ious = iou_per_class(cm)
-        if not np.all(np.isnan(ious)):
-            self.per_image.append(float(np.nanmean(ious)))
+        miou = mean_iou(iou_per_class(cm))
+        if not np.isnan(miou):
+            self.per_image.append(miou)
 
     def summary(self, names: list[str]) -> dict:
         ious = iou_per_class(self.total)
         return {
-            "miou": float(np.nanmean(ious)) if not np.all(np.isnan(ious)) else float("nan"),
+            "miou": mean_iou(ious),
             "miou_per_image": float(np.mean(self.per_image)) if self.per_image else float("nan"),
             "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, ious)},
             "pixel_accuracy": float(np.diag(self.total).sum() / max(1, self.total.sum())),

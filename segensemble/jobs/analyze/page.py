@@ -5,29 +5,32 @@ from __future__ import annotations
 import html
 
 
-def _fmt(v) -> str:
-    return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+def _fmt(v, spec: str = ".4f") -> str:
+    """A figure as the page shows it; n/a where it is undefined (a removed axis the plan does not use)."""
+    return "n/a" if v is None else format(v, spec) if isinstance(v, float | int) else html.escape(str(v))
 
 
 def render_page(report: dict) -> str:
     """index.html for a report dict as ``analyze`` returns it."""
     rows = "".join(
-        f"<tr><td>{html.escape(r['variant'])}</td><td>{_fmt(r.get('miou'))}</td><td>{_fmt(r.get('gain'))}</td>"
-        f"<td>{_fmt(r.get('forward_passes'))}</td><td>{_fmt(r.get('ms_per_image'))}</td><td>{html.escape(r.get('note', ''))}</td></tr>"
+        f"<tr><td>{html.escape(r['variant'])}</td><td>{_fmt(r.get('miou'))}</td><td>{_fmt(r.get('gain'), '+.4f')}</td>"
+        f"<td>{_fmt(r.get('forward_passes'), 'd')}</td><td>{_fmt(r.get('ms_per_image'), '.1f')}</td>"
+        f"<td>{html.escape(r.get('note', ''))}</td></tr>"
         for r in report["ablation"])
     sel = report["selection"]
     holdout = sel.get("holdout")
     honest = (f"<p>Held-out ({report['holdout_images']} images): plan weights {_fmt(holdout['plan_weights'])}, chosen "
               f"{_fmt(holdout['chosen'])}, best single member {_fmt(holdout['best_single'])}.</p>") if holdout else ""
     pics = report["pictures"]
-    samples = "".join(f'<p><a href="{p}"><img src="{p}" style="max-width:100%"></a></p>' for p in pics["samples"])
+    worst = "".join(f'<p><a href="{w["picture"]}"><img src="{w["picture"]}" style="max-width:100%" '
+                    f'alt="{html.escape(w["image"])}"></a></p>' for w in pics["worst"])
     tuned = '<p>Tuned plan: <a href="plan.tuned.yaml">plan.tuned.yaml</a></p>' if report.get("tuned_plan") else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>segensemble analysis</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
 td,th{{padding:2px 10px;text-align:right}}td:first-child{{text-align:left}}</style>
 </head><body><h1>Ensemble analysis</h1>
 <p>{report['images']} validation images; full ensemble mIoU <b>{_fmt(report['full']['miou'])}</b>
-({report['full']['forward_passes']} forward passes, {_fmt(report['full']['ms_per_image'])} ms per image);
+({report['full']['forward_passes']} forward passes, {_fmt(report['full']['ms_per_image'], '.1f')} ms per image);
 best single member {html.escape(report['best_member'])}.</p>
 <h2>What each axis and member buys</h2><p>gain = full ensemble mIoU − variant mIoU</p>
 <table><tr><th>variant</th><th>mIoU</th><th>gain</th><th>passes</th><th>ms/img</th><th></th></tr>{rows}</table>
@@ -35,5 +38,5 @@ best single member {html.escape(report['best_member'])}.</p>
 (mIoU on selection images {_fmt(sel['chosen']['miou_selection'])}; plan weights {_fmt(sel['plan_weights_miou_selection'])};
 best single {_fmt(sel['best_single_miou_selection'])}).</p>{honest}{tuned}
 <h2>Per class</h2><p><img src="{pics['iou_per_class']}"></p><p><img src="{pics['confusion']}"></p>
-<h2>Where it fails</h2>{samples}
+<h2>Where it fails</h2><p>The {len(pics['worst'])} images with the lowest per-image mIoU, worst first.</p>{worst}
 <p>Every figure is in <a href="report.json">report.json</a>.</p></body></html>"""

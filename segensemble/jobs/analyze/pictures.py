@@ -40,67 +40,108 @@ def colourize(labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
     return out
 
 
+TP, FP, FN = (40, 200, 40), (230, 40, 40), (40, 90, 230)
+WRONG, RIGHT = (230, 40, 40), (60, 60, 60)
+
+
+def _patch(rgb, label: str):
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor=np.asarray(rgb) / 255, edgecolor="0.5", label=label)
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return path
+
+
 def image_grid(path: Path, title: str, image: np.ndarray, gt: np.ndarray, pred: np.ndarray, names: list[str]) -> Path:
-    """Image, ground truth, prediction, error map, then one panel per class present (TP green, FP red, FN blue)."""
+    return _save(grid_figure(title, image, gt, pred, names), path, 80)
+
+
+def iou_bars(path: Path, names: list[str], series: dict[str, dict[str, float | None]]) -> Path:
+    return _save(bars_figure(names, series), path, 90)
+
+
+def confusion_heatmap(path: Path, names: list[str], cm: np.ndarray) -> Path:
+    return _save(confusion_figure(names, cm), path, 90)
+
+
+def grid_figure(title: str, image: np.ndarray, gt: np.ndarray, pred: np.ndarray, names: list[str]):
+    """Image, ground truth, prediction, error map, then one panel per class present, with two legends below:
+    the class colours, and the codes of the error map and of the per-class panels."""
     plt = _plt()
     colours = palette(len(names))
     present = [c for c in sorted(set(np.unique(gt).tolist()) | set(np.unique(pred).tolist())) if c < len(names)]
     cols = 4 + len(present)
-    fig, axes = plt.subplots(1, cols, figsize=(2.6 * cols, 2.9))
+    fig, axes = plt.subplots(1, cols, figsize=(2.4 * cols, 3.5))
     valid = gt != 255
     error = np.zeros((*gt.shape, 3), np.uint8)
-    error[valid & (gt != pred)] = (230, 40, 40)
-    error[valid & (gt == pred)] = (60, 60, 60)
+    error[valid & (gt != pred)] = WRONG
+    error[valid & (gt == pred)] = RIGHT
     panels = [(image, "image"), (colourize(gt, colours), "ground truth"), (colourize(pred, colours), "prediction"),
               (error, f"errors ({(valid & (gt != pred)).sum()} px)")]
     for c in present:
         rgb = np.zeros((*gt.shape, 3), np.uint8)
-        rgb[(gt == c) & (pred == c)] = (40, 200, 40)
-        rgb[(gt != c) & (pred == c) & valid] = (230, 40, 40)
-        rgb[(gt == c) & (pred != c)] = (40, 90, 230)
-        panels.append((rgb, names[c][:18]))
+        rgb[(gt == c) & (pred == c)] = TP
+        rgb[(gt != c) & (pred == c) & valid] = FP
+        rgb[(gt == c) & (pred != c)] = FN
+        panels.append((rgb, f"class: {names[c]}"))
     for ax, (arr, label) in zip(axes, panels):
-        ax.imshow(arr)
-        ax.set_title(label, fontsize=8)
+        ax.imshow(arr, interpolation="nearest")
+        ax.set_title(label, fontsize=7)
         ax.axis("off")
+    classes = [_patch(colours[c], names[c]) for c in present] + ([_patch((255, 255, 255), "ignored")] if not valid.all() else [])
+    codes = [_patch(WRONG, "error map: wrong"), _patch(RIGHT, "error map: right"), _patch(TP, "class panels: TP (both say it)"),
+             _patch(FP, "FP (predicted only)"), _patch(FN, "FN (missed)"), _patch((0, 0, 0), "neither")]
+    fig.legend(handles=classes, loc="lower center", bbox_to_anchor=(0.5, 0.09), ncol=min(len(classes), 8), fontsize=7, frameon=False,
+               title="colours in ground truth and prediction", title_fontsize=7)
+    fig.legend(handles=codes, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=len(codes), fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    fig.tight_layout(rect=(0, 0.22, 1, 1))
+    return fig
 
 
-def iou_bars(path: Path, names: list[str], series: dict[str, dict[str, float | None]]) -> Path:
+def bars_figure(names: list[str], series: dict[str, dict[str, float | None]]):
+    """Per-class IoU of each series; a class absent from both ground truth and prediction is marked n/a
+    (its IoU is undefined), not drawn as 0."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) * len(series)), 3.5))
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(names) * len(series) + 1.5), 3.8))
     width = 0.8 / len(series)
     for k, (label, ious) in enumerate(series.items()):
-        values = [ious.get(n) or 0.0 for n in names]
-        ax.bar(np.arange(len(names)) + k * width, values, width, label=label)
-    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, [n[:14] for n in names], rotation=45, ha="right", fontsize=8)
+        x = np.arange(len(names)) + k * width
+        values = [ious.get(n) for n in names]
+        bars = ax.bar([xi for xi, v in zip(x, values) if v is not None], [v for v in values if v is not None], width, label=label)
+        colour = bars.patches[0].get_facecolor() if bars.patches else "0.4"
+        for xi, v in zip(x, values):
+            if v is None:
+                ax.text(xi, 0.02, "n/a", ha="center", va="bottom", rotation=90, fontsize=7, color=colour)
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=40, ha="right", fontsize=8)
     ax.set_ylabel("IoU")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.axhline(1.0, color="0.7", lw=0.6, ls=":")
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def confusion_heatmap(path: Path, names: list[str], cm: np.ndarray) -> Path:
+def confusion_figure(names: list[str], cm: np.ndarray):
+    """Rows normalized to the ground-truth pixels of each class; a class with none is a grey n/a row."""
     plt = _plt()
-    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(names), 1 + 0.45 * len(names)))
-    im = ax.imshow(rows, cmap="viridis", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), [n[:14] for n in names], rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(len(names)), [n[:14] for n in names], fontsize=7)
+    totals = cm.sum(1, keepdims=True)
+    rows = np.ma.masked_where(np.broadcast_to(totals == 0, cm.shape), cm / np.maximum(totals, 1))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+    fig, ax = plt.subplots(figsize=(2 + 0.55 * len(names), 1.5 + 0.45 * len(names)))
+    im = ax.imshow(rows, cmap=cmap, vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xlabel("predicted")
-    ax.set_ylabel("ground truth")
+    ax.set_ylabel("ground truth (share of its pixels)")
     for r in range(len(names)):
         for c in range(len(names)):
-            ax.text(c, r, f"{rows[r, c]:.2f}", ha="center", va="center", fontsize=6, color="white" if rows[r, c] < 0.6 else "black")
+            text, dark = ("n/a", False) if totals[r, 0] == 0 else (f"{rows[r, c]:.2f}", rows[r, c] < 0.6)
+            ax.text(c, r, text, ha="center", va="center", fontsize=6, color="white" if dark else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return fig

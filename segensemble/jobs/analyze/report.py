@@ -20,6 +20,7 @@ from segensemble.jobs.analyze.scoring import score_views
 from segensemble.jobs.analyze.selection import select_members, write_tuned_plan
 from segensemble.jobs.analyze.variants import ablations, all_views, coefficients, member_views
 from segensemble.jobs.evaluate import unlabeled_value
+from segensemble.jobs.metrics import image_miou
 from segensemble.plan import Plan
 from segensemble.runtime.engine import Engine
 
@@ -29,11 +30,12 @@ class AnalyzeOptions:
     out: Path = Path("report")
     holdout: float = 0.0  # share of images held out of selection, for an honest figure
     seed: int = 0
-    samples: int = 4  # images drawn as error grids
+    samples: int = 4  # the worst images (lowest per-image mIoU) drawn as error grids
     cache_dtype: str = "float16"
     max_images: int | None = None  # a seeded sample of the set, when the whole of it is too big to cache
     unlabeled: str | None = None
     progress: bool = True
+    keep_cache: bool = False  # the per-view cache (out/cache) is dropped once the report is written unless kept
 
 
 def analyze(engine: Engine, coco_path: Path, image_root: Path, options: AnalyzeOptions, plan: Plan | None = None) -> dict:
@@ -74,9 +76,20 @@ def analyze(engine: Engine, coco_path: Path, image_root: Path, options: AnalyzeO
     report["pictures"] = _pictures(engine, cache, refs, gts, full, alone[best], names, out, options)
     if plan is not None:
         report["tuned_plan"] = str(write_tuned_plan(plan, selection["chosen"]["weights"], out))
+    report["cache"] = _settle_cache(out / "cache", options.keep_cache)
     write_atomic(out / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
     write_atomic(out / "index.html", lambda tmp: tmp.write_text(render_page(report)))
     return report
+
+
+def _settle_cache(root: Path, keep: bool) -> dict:
+    """Where the view cache is and how big; removed unless kept (every figure is already in report.json)."""
+    import shutil
+
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return {"path": str(root), "bytes": size, "kept": keep}
 
 
 def _images(coco_path: Path, image_root: Path, names: list[str], options: AnalyzeOptions) -> tuple[list, Callable]:
@@ -119,13 +132,19 @@ def _pictures(engine, cache, refs, gts, full, best, names, out, options) -> dict
     pics = out / "pictures"
     pics.mkdir(exist_ok=True)
     coeffs = coefficients(cache.views, all_views(cache.views), list(engine.members))
-    rng = np.random.default_rng(options.seed)
-    picks = sorted(rng.choice(len(refs), size=min(options.samples, len(refs)), replace=False).tolist())
+    scores = [image_miou(gts(i), cache.combine(coeffs, i).argmax(0), len(names)) for i in range(len(refs))]
+    worst = sorted(range(len(refs)), key=lambda i: (np.nan_to_num(scores[i], nan=2.0), i))[: options.samples]
     grids = []
-    for i in picks:
+    for rank, i in enumerate(worst, start=1):
         pred = cache.combine(coeffs, i).argmax(0).astype(np.uint8)
-        grids.append(str(image_grid(pics / f"sample_{i:04d}.png", refs[i].image_id, read_image(refs[i].path), gts(i), pred, names)
-                         .relative_to(out)))
+        title = f"{refs[i].image_id}: image mIoU {scores[i]:.3f}, the {_ordinal(rank)}worst of {len(refs)}"
+        grid = image_grid(pics / f"worst_{rank:02d}.png", title, read_image(refs[i].path), gts(i), pred, names)
+        grids.append({"picture": str(grid.relative_to(out)), "image": refs[i].image_id, "miou": scores[i]})
     bars = iou_bars(pics / "iou_per_class.png", names, {"ensemble": full["iou"], best["variant"]: best["iou"]})
     heat = confusion_heatmap(pics / "confusion.png", names, np.asarray(full["confusion"]))
-    return {"samples": grids, "iou_per_class": str(bars.relative_to(out)), "confusion": str(heat.relative_to(out))}
+    return {"worst": grids, "iou_per_class": str(bars.relative_to(out)), "confusion": str(heat.relative_to(out))}
+
+
+def _ordinal(n: int) -> str:
+    """'' for 1 ("the worst"), else '2nd ', '3rd ', '4th '..."""
+    return "" if n == 1 else f"{n}{'nd' if n == 2 else 'rd' if n == 3 else 'th'} "
