@@ -83,13 +83,25 @@ class Verification(BaseModel):
 
 
 class PlanCost(BaseModel):
-    """Forward passes and estimated GFLOPs per image (members without input_size counted at ``at_hw``)."""
+    """Forward passes and estimated GFLOPs per image: a fixed part (members with an input_size) and a part per
+    megapixel of the image (members that run at the image's own size); None where a model's cost is unknown."""
 
     model_config = ConfigDict(frozen=True)
 
     forward_passes: int
-    gflops: float | None
-    at_hw: tuple[int, int]
+    gflops_fixed: float | None = None
+    gflops_per_megapixel: float | None = None
+
+    def describe(self) -> str:
+        """The cost at the plan's sizes, in words."""
+        text = f"{self.forward_passes} forward passes"
+        if self.gflops_fixed is None or self.gflops_per_megapixel is None:
+            return text
+        parts = [f"~{self.gflops_fixed:.1f} GFLOPs"] if self.gflops_fixed else []
+        if self.gflops_per_megapixel:
+            parts.append(f"~{self.gflops_per_megapixel:.1f} GFLOPs per megapixel of image (members without input_size run at "
+                         f"the image's own size: {self.gflops_per_megapixel * 512 * 512 / 1e6:.1f} at 512x512)")
+        return f"{text}, " + " + ".join(parts)
 
 
 class GraphEntry(BaseModel):

@@ -23,7 +23,14 @@ def test_manifest_records_members_views_and_cost(built):
     assert by_name["fpn"]["arch"] == "FPN"  # carried by the smp directory
     views = {n: len(m["models"]) * len(m["scales"]) * len(m["tta"]) for n, m in by_name.items()}
     assert views == {"unet-ms": 6, "unet-folds": 10, "unet-epochs": 4, "unet-swa": 2, "fpn": 2}
-    assert manifest["cost"]["forward_passes"] == sum(views.values()) and manifest["cost"]["gflops"] > 0
+    assert manifest["cost"]["forward_passes"] == sum(views.values())
+    # cost at the plan's sizes: unet-epochs has input_size 96x96 (fixed), the others run at the image's size (per MP)
+    def gflops_per_pixel(m):
+        return sum(e["gflops"] / (e["gflops_hw"][0] * e["gflops_hw"][1]) for e in m["models"]) * len(m["tta"]) * sum(s * s for s in m["scales"])
+    fixed = gflops_per_pixel(by_name["unet-epochs"]) * 96 * 96
+    per_mp = sum(gflops_per_pixel(m) for n, m in by_name.items() if n != "unet-epochs") * 1e6
+    assert manifest["cost"]["gflops_fixed"] == pytest.approx(fixed, abs=1e-3) and fixed > 0
+    assert manifest["cost"]["gflops_per_megapixel"] == pytest.approx(per_mp, abs=1e-3) and per_mp > 0
     for m in manifest["members"]:
         for e in m["models"]:
             assert (built["dir"] / e["file"]).is_file() and len(e["sha256"]) == 64

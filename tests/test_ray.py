@@ -66,3 +66,19 @@ def test_cli_engine_ray_end_to_end(local_ray, built, data, engine, tmp_path):
     code = main(["predict", str(data["test"].images), "--build", str(built["dir"]), "-o", str(out), "--engine", "ray",
                  "--actors", "1", "--threads", "1", "--quiet"])
     assert code == 0 and out.read_bytes() == local.read_bytes()
+
+
+def test_ray_log_lines_stay_out_of_the_progress_bar(built, data, tmp_path):
+    """A fresh process starting its own Ray: cluster start and Ray Data's dataset lines are not printed unless -v."""
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "segensemble.cli", "predict", str(data["test"].images), "--build", str(built["dir"]),
+            "-o", str(tmp_path / "ray.csv"), "--engine", "ray", "--actors", "1", "--threads", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    quiet = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "Started a local Ray instance" not in quiet.stderr and "Execution plan of Dataset" not in quiet.stderr, quiet.stderr
+    loud = subprocess.run([*args[:3], "-v", *args[3:]], capture_output=True, text=True, env=env, timeout=300)
+    assert loud.returncode == 0 and "Execution plan of Dataset" in loud.stderr

@@ -9,6 +9,7 @@ the same atomic and resume behaviour. The driver reads the manifest only; no mod
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -96,9 +97,14 @@ class RayEngine:
         refs = list(refs)
         if not refs:
             return
+        quiet = logging.getLogger("segensemble").getEffectiveLevel() > logging.INFO  # -v shows Ray's own lines
         ray = _ray()
         if not ray.is_initialized():
-            ray.init(address=self.address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+            ray.init(address=self.address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR if quiet else logging.INFO)
+        if quiet:  # Ray Data's start/plan/finish lines would land inside the job's progress bar
+            logging.getLogger("ray").setLevel(logging.ERROR)
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False

@@ -29,8 +29,6 @@ from segensemble.models.checkpoints import PartialSpec, load_checkpoint
 from segensemble.models.swa import SwaReport, average_checkpoints, bn_batches, recalibrate_bn
 from segensemble.plan import MemberSpec, Plan
 
-COST_HW = (512, 512)  # the image size at which cost is reported for members without an input_size
-
 
 @dataclass
 class BuildResult:
@@ -214,19 +212,22 @@ def _check_fixed_shapes(entry: MemberEntry, where: str) -> None:
 
 
 def _cost(members: list[MemberEntry]) -> PlanCost:
-    """Forward passes and estimated GFLOPs per image (members without input_size at COST_HW)."""
-    passes, gflops, known = 0, 0.0, True
+    """Forward passes and estimated GFLOPs per image, at each member's input_size or per megapixel of image."""
+    passes, fixed, per_mp, known = 0, 0.0, 0.0, True
     for m in members:
         passes += m.views
         for model in m.models:
             if model.gflops is None or not model.gflops_hw:
                 known = False
                 continue
-            base = m.input_size or COST_HW
-            for s in m.scales:
-                area = (base[0] * s) * (base[1] * s)
-                gflops += model.gflops * area / (model.gflops_hw[0] * model.gflops_hw[1]) * len(m.tta)
-    return PlanCost(forward_passes=passes, gflops=round(gflops, 3) if known else None, at_hw=COST_HW)
+            per_pixel = model.gflops / (model.gflops_hw[0] * model.gflops_hw[1]) * len(m.tta) * sum(s * s for s in m.scales)
+            if m.input_size:
+                fixed += per_pixel * m.input_size[0] * m.input_size[1]
+            else:
+                per_mp += per_pixel * 1e6
+    if not known:
+        return PlanCost(forward_passes=passes)
+    return PlanCost(forward_passes=passes, gflops_fixed=round(fixed, 3), gflops_per_megapixel=round(per_mp, 3))
 
 
 def plan_table(manifest: Manifest) -> str:
@@ -237,6 +238,5 @@ def plan_table(manifest: Manifest) -> str:
         rows.append((m.name, m.axis, arch, str(len(m.models)), ",".join(f"{s:g}" for s in m.scales),
                      ",".join(m.tta), str(m.views), f"{m.weight:g}"))
     cost = manifest.cost
-    gf = f", ~{cost.gflops:.1f} GFLOPs at {cost.at_hw[0]}x{cost.at_hw[1]}" if cost.gflops is not None else ""
     rows.append(("total", "", "", str(sum(len(m.models) for m in manifest.members)), "", "", str(cost.forward_passes), ""))
-    return text_table(rows, rule=True) + f"\nper image: {cost.forward_passes} forward passes{gf}"
+    return text_table(rows, rule=True) + f"\nper image: {cost.describe()}"
