@@ -52,6 +52,7 @@ class ViewOptions(BaseModel):
     std: tuple[float, float, float] = IMAGENET_STD
     stride: int = Field(32, ge=1, le=MAX_STRIDE)
     input_size: tuple[int, int] | None = None
+    preprocess: str | None = None  # the training pipeline's saved albumentations val transform: sets the four above (build)
     # views and voting
     scales: list[Annotated[float, Field(gt=0, le=MAX_SCALE)]] = Field(default_factory=lambda: [1.0], min_length=1, max_length=64)
     tta: list[TtaName] = Field(default_factory=lambda: ["identity"], min_length=1)
@@ -237,8 +238,9 @@ def _resolve_paths(member: MemberSpec, base: Path) -> MemberSpec:
         value = getattr(member, key)
         if value is not None:
             update[key] = [fix(v) for v in value] if isinstance(value, list) else fix(value)
-    if member.bn_images:
-        update["bn_images"] = fix(member.bn_images)
+    for key in ("bn_images", "preprocess"):
+        if getattr(member, key):
+            update[key] = fix(getattr(member, key))
     return member.model_copy(update=update)
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from segensemble.errors import PlanError, first_line
 from segensemble.export.onnx_export import OPSET, ExportOptions, export_onnx
+from segensemble.export.preprocess import apply_preprocess
 from segensemble.export.verify_graph import write_graphs
 from segensemble.formats.atomic import write_atomic
 from segensemble.formats.images import list_images
@@ -42,6 +43,8 @@ class BuildResult:
 def build(plan: Plan, out_dir: str | Path, *, providers: list[str] | None = None, quiet: bool = False) -> BuildResult:
     """Export and verify every member of ``plan`` into ``out_dir`` and write its manifest."""
     out = Path(out_dir)
+    where = f"{plan.path}: " if plan.path else ""
+    plan = plan.model_copy(update={"members": [apply_preprocess(m, i, where) for i, m in enumerate(plan.members)]})
     out.mkdir(parents=True, exist_ok=True)
     reused = exported = 0
     notes: list[str] = []

@@ -34,6 +34,20 @@ def bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return top * (1 - fy)[:, None, None] + bottom * fy[:, None, None]
 
 
+def model_input(image: np.ndarray, member, scale: float = 1.0) -> tuple[np.ndarray, tuple[int, int]]:
+    """What a member's model sees of an (H, W, 3) uint8 image at ``scale``: resized (to input_size x scale, or the
+    image's own size x scale), normalized, zero-padded bottom/right to the stride; (3, ph, pw) float64 and (h, w)."""
+    H, W = image.shape[:2]
+    bh, bw = member.input_size or (H, W)
+    h, w = max(1, int(np.floor(bh * scale + 0.5))), max(1, int(np.floor(bw * scale + 0.5)))
+    x = bilinear(image.astype(np.float64), h, w)
+    x = (x / 255.0 - np.array(member.mean)) / np.array(member.std)
+    ph, pw = -(-h // member.stride) * member.stride, -(-w // member.stride) * member.stride
+    padded = np.zeros((3, ph, pw))
+    padded[:, :h, :w] = x.transpose(2, 0, 1)
+    return padded, (h, w)
+
+
 class Reference:
     """Plain-loop ensemble probabilities of one image; member sessions opened once per file."""
 
@@ -56,13 +70,7 @@ class Reference:
                 session = self._session(model.file)
                 name = session.get_inputs()[0].name
                 for s in m.scales:
-                    bh, bw = m.input_size or (H, W)
-                    h, w = max(1, int(np.floor(bh * s + 0.5))), max(1, int(np.floor(bw * s + 0.5)))
-                    x = bilinear(image.astype(np.float64), h, w)
-                    x = (x / 255.0 - np.array(m.mean)) / np.array(m.std)
-                    ph, pw = -(-h // m.stride) * m.stride, -(-w // m.stride) * m.stride
-                    padded = np.zeros((3, ph, pw))
-                    padded[:, :h, :w] = x.transpose(2, 0, 1)
+                    padded, (h, w) = model_input(image, m, s)
                     for t in m.tta:
                         x_t = np.ascontiguousarray(TTA[t].augment(padded))[None].astype(np.float32)
                         logits = TTA[t].deaugment(session.run(None, {name: x_t})[0][0].astype(np.float64))[:, :h, :w]
