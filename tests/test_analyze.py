@@ -153,3 +153,4 @@ def test_sample_and_disk_check(engine, data, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**6, 10**6 - 1000, 1000))
     with pytest.raises(SegEnsembleError, match="GiB but only .* free.*--max-images"):
         analyze(engine, data["test"].coco, data["test"].images, AnalyzeOptions(out=tmp_path / "b", progress=False))
+    assert not (tmp_path / "b" / "cache").exists()  # a failed run leaves no cache behind

@@ -51,20 +51,22 @@ def build(plan: Plan, out_dir: str | Path, *, providers: list[str] | None = None
     members = []
     jobs = [(i, m, k) for i, m in enumerate(plan.members) for k in range(1 if m.axis == "swa" else len(m.sources))]
     bar = tqdm(total=len(jobs), desc="export", unit="model", disable=quiet)
-    for i, member in enumerate(plan.members):
-        entries = []
-        for k in range(1 if member.axis == "swa" else len(member.sources)):
-            bar.set_postfix_str(member.name)
-            entry, was_reused, note = _build_model(plan, i, member, k, out)
-            entries.append(entry)
-            reused += was_reused
-            exported += not was_reused
-            if note:
-                notes.append(f"{member.name}: {note}")
-            bar.update()
-        members.append(_member_entry(member, entries))
-        _check_fixed_shapes(members[-1], f"members[{i}] ({member.name})")
-    bar.close()
+    try:
+        for i, member in enumerate(plan.members):
+            entries = []
+            for k in range(1 if member.axis == "swa" else len(member.sources)):
+                bar.set_postfix_str(member.name)
+                entry, was_reused, note = _build_model(plan, i, member, k, out)
+                entries.append(entry)
+                reused += was_reused
+                exported += not was_reused
+                if note:
+                    notes.append(f"{member.name}: {note}")
+                bar.update()
+            members.append(_member_entry(member, entries))
+            _check_fixed_shapes(members[-1], f"members[{i}] ({member.name})")
+    finally:
+        bar.close()  # an error then prints on its own line
     manifest = Manifest(
         classes=list(plan.classes), members=members, providers=providers or _providers(),
         cost=_cost(members), plan=str(plan.path) if plan.path else None,

@@ -9,7 +9,8 @@ import numpy as np
 from segensemble.extras import missing_extra
 
 
-def _matplotlib():
+def require_matplotlib():
+    """matplotlib with the file-only backend; a one-line install hint when it is missing (call it before long work)."""
     try:
         import matplotlib
     except ImportError as exc:
@@ -19,14 +20,14 @@ def _matplotlib():
 
 
 def _plt():
-    _matplotlib()
+    require_matplotlib()
     import matplotlib.pyplot as plt
 
     return plt
 
 
 def palette(classes: int) -> np.ndarray:
-    matplotlib = _matplotlib()
+    matplotlib = require_matplotlib()
     cmap = matplotlib.colormaps["tab20"]
     colours = (np.array([cmap(i % 20)[:3] for i in range(classes)]) * 255).astype(np.uint8)
     colours[0] = (0, 0, 0)

@@ -15,7 +15,7 @@ from segensemble.formats.coco import category_map, coco_images, label_map, load_
 from segensemble.formats.images import read_image
 from segensemble.jobs.analyze.cache import ViewCache, build_cache
 from segensemble.jobs.analyze.page import render_page
-from segensemble.jobs.analyze.pictures import confusion_heatmap, image_grid, iou_bars
+from segensemble.jobs.analyze.pictures import confusion_heatmap, image_grid, iou_bars, require_matplotlib
 from segensemble.jobs.analyze.scoring import score_views
 from segensemble.jobs.analyze.selection import select_members, write_tuned_plan
 from segensemble.jobs.analyze.variants import ablations, all_views, coefficients, member_views
@@ -40,6 +40,18 @@ class AnalyzeOptions:
 
 def analyze(engine: Engine, coco_path: Path, image_root: Path, options: AnalyzeOptions, plan: Plan | None = None) -> dict:
     """Cache every view once, then score variants, select members, draw pictures and write the report."""
+    require_matplotlib()  # before minutes of caching, not after
+    try:
+        report = _measure(engine, coco_path, image_root, options, plan)
+    finally:  # a failed run does not leave its cache behind either
+        cache = _settle_cache(options.out / "cache", options.keep_cache)
+    report["cache"] = cache
+    write_atomic(options.out / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+    write_atomic(options.out / "index.html", lambda tmp: tmp.write_text(render_page(report)))
+    return report
+
+
+def _measure(engine: Engine, coco_path: Path, image_root: Path, options: AnalyzeOptions, plan: Plan | None) -> dict:
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     names = engine.classes
@@ -76,9 +88,6 @@ def analyze(engine: Engine, coco_path: Path, image_root: Path, options: AnalyzeO
     report["pictures"] = _pictures(engine, cache, refs, gts, full, alone[best], names, out, options)
     if plan is not None:
         report["tuned_plan"] = str(write_tuned_plan(plan, selection["chosen"]["weights"], out))
-    report["cache"] = _settle_cache(out / "cache", options.keep_cache)
-    write_atomic(out / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
-    write_atomic(out / "index.html", lambda tmp: tmp.write_text(render_page(report)))
     return report
 
 
@@ -86,7 +95,7 @@ def _settle_cache(root: Path, keep: bool) -> dict:
     """Where the view cache is and how big; removed unless kept (every figure is already in report.json)."""
     import shutil
 
-    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
     return {"path": str(root), "bytes": size, "kept": keep}
