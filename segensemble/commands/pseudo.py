@@ -35,7 +35,8 @@ def add(sub) -> None:
     p.add_argument("--ignore-uncertain", action="store_true", help="pixel-level option: in kept images set uncertain pixels "
                    "to --ignore-index (in the PNG masks; COCO cannot express ignore, so they are left unannotated there)")
     p.add_argument("--ignore-index", type=int, default=255, help="label for uncertain pixels with --ignore-uncertain (default 255)")
-    p.add_argument("--merge", type=Path, metavar="TRAIN_JSON", help="also write TRAIN_JSON + the pseudo-labels, ids made unique")
+    p.add_argument("--merge", type=Path, metavar="TRAIN_JSON", help="also write TRAIN_JSON + the pseudo-labels: ids made unique, "
+                   "file_names rebased onto one image root (see --merge-root)")
     p.add_argument("--merged-output", type=Path, help="where the merged file goes (default: <output>.merged.json)")
     p.add_argument("--merge-root", type=Path, metavar="DIR", help="the folder TRAIN_JSON's file_names are relative to (default: "
                    "its folder, or the folder named after it, whichever holds all its images). The merged file's names are "
