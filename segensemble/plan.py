@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
 from segensemble.cost import Budget, image_cost
 from segensemble.errors import PlanError
+from segensemble.names import safe_name
 from segensemble.yaml_guard import load_yaml
 
 # bounds on what a plan may ask for: far past any real ensemble, short of what exhausts a machine
@@ -139,11 +140,35 @@ class Profile(BaseModel):
 class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    classes: list[str] = Field(min_length=1, max_length=MAX_CLASSES)
+    classes: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1, max_length=MAX_CLASSES)
     defaults: ViewOptions = Field(default_factory=ViewOptions)
     members: list[MemberSpec] = Field(min_length=1, max_length=MAX_MEMBERS)
     profiles: dict[str, Profile] = Field(default_factory=dict, max_length=64)
     path: Path | None = None  # the plan file; relative sources were resolved against its folder
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_unique(cls, v: list[str]) -> list[str]:
+        """COCO categories are matched to classes by name, case-insensitively: two names one class apart are one."""
+        seen: dict[str, int] = {}
+        for i, name in enumerate(v):
+            if not name.strip():
+                raise ValueError(f"class {i} has an empty name")
+            key = name.strip().casefold()
+            if key in seen:
+                raise ValueError(f"class {i} {name!r} repeats class {seen[key]} {v[seen[key]]!r} (names are matched "
+                                 "case-insensitively)")
+            seen[key] = i
+        return v
+
+    @field_validator("profiles")
+    @classmethod
+    def _profile_files_unique(cls, v: dict[str, Profile]) -> dict[str, Profile]:
+        for name in v:
+            if not name.strip() or len(name) > 100:
+                raise ValueError(f"profile name {name!r}: must be 1 to 100 characters, not blank (the whole plan needs no profile)")
+        _check_file_names(list(v), "profile")
+        return v
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -262,3 +287,19 @@ def _check_unique_names(members: list[MemberSpec], where: str) -> None:
         if m.name in seen:
             raise PlanError(f"{where}members[{i}].name: duplicate name {m.name!r} (also members[{seen[m.name]}])")
         seen[m.name] = i
+    try:
+        _check_file_names([m.name for m in members], "member")
+    except ValueError as exc:
+        raise PlanError(f"{where}members: {exc}") from None
+
+
+def _check_file_names(names: list[str], what: str) -> None:
+    """Names become file names (``formats.paths.safe_name``); two that would share a file on a case-insensitive
+    file system are refused."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = safe_name(name).casefold()
+        if key in seen:
+            raise ValueError(f"{what} names {seen[key]!r} and {name!r} would share one file ({safe_name(name)}); "
+                             "names must differ in more than letter case")
+        seen[key] = name

@@ -100,7 +100,7 @@ def test_plain_onnxruntime_gives_the_labels_predict_writes(built, data, tmp_path
     for path in sorted(data["test"].images.glob("*.png")):
         image = np.asarray(Image.open(path).convert("RGB"))
         labels = session.run(["labels"], {"image": image[None]})[0][0]
-        np.testing.assert_array_equal(labels, np.asarray(Image.open(masks / path.name)))
+        np.testing.assert_array_equal(labels, np.asarray(Image.open(masks / (path.name + ".png"))))
 
 
 def test_engine_ensemble_beats_chance(engine, data):

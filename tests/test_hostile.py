@@ -48,8 +48,8 @@ def test_image_names_that_escape_are_refused(name, tmp_path):
 
 
 def test_safe_names_map_inside(tmp_path):
-    assert output_path(tmp_path, "a/b/c.jpg", ".png") == tmp_path / "a" / "b" / "c.png"
-    assert output_path(tmp_path, "..hidden.jpg", ".png") == tmp_path / "..hidden.png"  # a name, not a parent
+    assert output_path(tmp_path, "a/b/c.jpg", ".png") == tmp_path / "a" / "b" / "c.jpg.png"
+    assert output_path(tmp_path, "..hidden.jpg", ".png") == tmp_path / "..hidden.jpg.png"  # a name, not a parent
 
 
 def test_a_symlink_inside_the_output_folder_cannot_lead_out(tmp_path):
@@ -84,7 +84,7 @@ def test_masks_into_the_image_folder_never_overwrite_an_input(built, data, tmp_p
                     ["pseudo-label", images, "--build", built["dir"], "-o", tmp_path / "p.json", "--save-masks", images,
                      "--min-prob", "0.01", "--max-uncertain", "1", "--quiet"]):
         done = _cli(*command)
-        assert done.returncode == 2 and "is the input image itself" in done.stderr, done.stderr
+        assert done.returncode == 2 and "lies inside the image folder" in done.stderr, done.stderr
     assert _tree(images) == before
 
 

@@ -34,12 +34,12 @@ def test_csv_rows_are_the_masks_resized_like_the_baseline(engine, data, tmp_path
     assert [r[0] for r in rows[1:]] == [r.image_id for r in refs]
     resize = A.Resize(256, 256)
     for ref, (_, pred) in zip(refs, rows[1:]):
-        full = read_png(tmp_path / "masks" / ref.image_id)
+        full = read_png(tmp_path / "masks" / (ref.image_id + ".png"))
         assert full.shape == read_image(ref.path).shape[:2]
         want = resize(image=read_image(ref.path), mask=full)["mask"]
         got = np.array(pred.split(), dtype=np.int64).reshape(256, 256)
         np.testing.assert_array_equal(got, want)
-        probs = np.load(tmp_path / "probs" / ref.image_id.replace(".png", ".npz"))["probs"]
+        probs = np.load(tmp_path / "probs" / (ref.image_id + ".npz"))["probs"]
         np.testing.assert_array_equal(probs.astype(np.float32).argmax(0), full)
 
 

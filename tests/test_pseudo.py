@@ -144,7 +144,7 @@ def test_cli_end_to_end_round_trips_through_pycocotools(built, data, engine, tmp
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=img["id"])):
             painted[coco.annToMask(ann) > 0] = ann["category_id"]
         np.testing.assert_array_equal(painted, expected[img["file_name"]][1])
-        np.testing.assert_array_equal(read_png(tmp_path / "m" / img["file_name"]), expected[img["file_name"]][1])
+        np.testing.assert_array_equal(read_png(tmp_path / "m" / (img["file_name"] + ".png")), expected[img["file_name"]][1])
     merged = json.loads((tmp_path / "pseudo.merged.json").read_text())
     train = json.loads(data["train"].coco.read_text())
     assert len(merged["images"]) == len(train["images"]) + len(coco.imgs)

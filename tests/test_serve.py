@@ -94,7 +94,7 @@ def test_png_over_http_equals_offline_predict(server, data, offline_masks):
             multipart = httpx.post(f"{server}/segment", files={"file": (path.name, fh, "image/png")})
         raw = httpx.post(f"{server}/segment", content=path.read_bytes(), headers={"Content-Type": "image/png"})
         assert multipart.status_code == raw.status_code == 200 and multipart.headers["content-type"] == "image/png"
-        offline = read_png(offline_masks / path.name)
+        offline = read_png(offline_masks / (path.name + ".png"))
         for resp in (multipart, raw):
             np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(resp.content))), offline)
 
@@ -107,7 +107,7 @@ def test_profile_over_http_equals_offline_profile(server, built, data, tmp_path)
     path = data["test"].images / "test_0004.png"
     resp = httpx.post(f"{server}/segment?profile=fast", content=path.read_bytes(), headers={"Content-Type": "image/png"})
     assert resp.status_code == 200
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(resp.content))), read_png(out / path.name))
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(resp.content))), read_png(out / (path.name + ".png")))
     assert httpx.get(f"{server}/readyz").json()["profiles"] == {"fast": 2}
     bad = httpx.post(f"{server}/segment?profile=huge", content=path.read_bytes(), headers={"Content-Type": "image/png"})
     assert bad.status_code == 422 and "unknown profile 'huge'" in bad.json()["detail"] and "fast" in bad.json()["detail"]
@@ -118,7 +118,7 @@ def test_json_and_probs_formats(server, data, offline_masks):
 
     path = data["test"].images / "test_0001.png"
     body = httpx.post(f"{server}/segment?format=json", content=path.read_bytes(), headers={"Content-Type": "image/png"}).json()
-    offline = read_png(offline_masks / path.name)
+    offline = read_png(offline_masks / (path.name + ".png"))
     assert (body["height"], body["width"]) == offline.shape
     painted = np.full(offline.shape, 99, np.uint8)
     for item in body["classes"]:
@@ -212,7 +212,7 @@ def test_bad_request_does_not_disturb_a_batch(server, data, offline_masks):
         results = list(pool.map(call, [good, b"junk", good, good[:50], good, good]))
     assert [r.status_code for r in results] == [200, 422, 200, 422, 200, 200]
     for r in (results[0], results[2], results[4], results[5]):
-        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), read_png(offline_masks / path.name))
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), read_png(offline_masks / (path.name + ".png")))
 
 
 def test_queue_full_gets_503_then_deadline_504(built):
@@ -255,7 +255,7 @@ def test_two_workers_answer_the_same(built, data, offline_masks):
         batches = httpx.get(f"{url}/metrics").text
     for path, resp in zip(paths, results):
         assert resp.status_code == 200
-        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(resp.content))), read_png(offline_masks / path.name))
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(resp.content))), read_png(offline_masks / (path.name + ".png")))
     assert "segensemble_batch_size_count" in batches
 
 
@@ -264,4 +264,4 @@ def test_uvicorn_app_from_the_environment(built, data, offline_masks):
     with running_server(built["dir"], env_app=True) as (url, _):
         resp = httpx.post(f"{url}/segment", content=path.read_bytes(), headers={"Content-Type": "image/png"})
     assert resp.status_code == 200
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(resp.content))), read_png(offline_masks / path.name))
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(resp.content))), read_png(offline_masks / (path.name + ".png")))

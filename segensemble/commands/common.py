@@ -93,13 +93,23 @@ def open_engine(args):
     return engine
 
 
-def image_refs(args):
+def image_refs(args, output_dirs: dict[str, Path | None] | None = None):
+    """The images the command runs on; ``output_dirs`` (flag -> folder) must lie outside a listed image folder."""
     from segensemble.formats.coco import coco_images
-    from segensemble.formats.images import list_images
+    from segensemble.formats.images import IMAGE_SUFFIXES, find_images
+    from segensemble.formats.paths import check_outside
 
     if args.coco:
         return coco_images(args.coco, args.images)
-    return list_images(args.images)
+    for flag, folder in (output_dirs or {}).items():
+        if folder is not None:
+            check_outside(folder, flag, args.images)
+    refs, others = find_images(args.images)
+    if others:  # a skipped file is always named
+        shown = ", ".join(str(p.relative_to(args.images)) for p in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        print(f"note: {len(others)} file(s) under {args.images} are not {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images and are "
+              f"not predicted: {shown}", file=sys.stderr)
+    return refs
 
 
 def add_dist_flags(p) -> None:

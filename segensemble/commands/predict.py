@@ -32,9 +32,9 @@ def run(args) -> int:
 
     csv_path = args.output or (None if (args.save_masks or args.save_probs) else Path("submission.csv"))
     engine = open_engine(args)
-    refs = image_refs(args)
+    refs = image_refs(args, {"--save-masks": args.save_masks, "--save-probs": args.save_probs})
     options = PredictOptions(csv_path, args.save_masks, args.save_probs, tuple(args.submission_size), args.resume,
-                             args.skip_bad, args.batch_images, not args.quiet)
+                             args.skip_bad, args.batch_images, not args.quiet, inputs=(args.coco,) if args.coco else ())
     try:
         s = predict_to_files(engine, refs, options)
     except (SegEnsembleError, KeyboardInterrupt):

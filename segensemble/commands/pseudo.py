@@ -66,8 +66,9 @@ def run(args) -> int:
         images_root=args.images, masks_dir=args.save_masks,
         report=args.report or default_report(args.output), file_prefix=args.file_prefix,
         resume=args.resume, skip_bad=args.skip_bad, batch_images=args.batch_images, progress=not args.quiet,
+        inputs=(args.coco,) if args.coco else (),
     )
-    summary = pseudo_label(engine, image_refs(args), options)
+    summary = pseudo_label(engine, image_refs(args, {"--save-masks": args.save_masks}), options)
     print(summary.describe())
     for image_id, reason in summary.skipped:
         print(f"skipped {image_id}: {reason}")

@@ -23,7 +23,7 @@ from segensemble.export.preprocess import apply_preprocess
 from segensemble.export.verify_graph import write_graphs
 from segensemble.formats.atomic import write_atomic
 from segensemble.formats.images import list_images
-from segensemble.formats.paths import safe_name
+from segensemble.names import safe_name
 from segensemble.formats.table import text_table
 from segensemble.manifest import Manifest, MemberEntry, ModelEntry, Parity, PlanCost, file_sha256
 from segensemble.models.checkpoints import PartialSpec, load_checkpoint

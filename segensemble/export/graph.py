@@ -31,7 +31,7 @@ import numpy as np
 
 from segensemble.errors import SegEnsembleError
 from segensemble.export.graph_ops import GraphBuilder
-from segensemble.formats.paths import safe_name
+from segensemble.names import safe_name
 from segensemble.manifest import Manifest, MemberEntry
 from segensemble.runtime.views import TTA, scaled_size
 

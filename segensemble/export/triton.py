@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segensemble.errors import SegEnsembleError
-from segensemble.formats.paths import safe_name
+from segensemble.names import safe_name
 from segensemble.manifest import read_manifest
 
 
@@ -39,8 +39,23 @@ _ONNX_TO_TRITON = {"tensor(uint8)": "TYPE_UINT8", "tensor(float)": "TYPE_FP32", 
 WARMUP_HW = (64, 64)
 
 
+def quote(text: str) -> str:
+    """``text`` as a protobuf text-format string literal: quotes, backslashes and every byte outside printable
+    ASCII escaped (as protobuf's own CEscape does), so a name can never close its string and add fields."""
+    out = []
+    for byte in text.encode("utf-8"):
+        char = chr(byte)
+        if char in "\\\"'":
+            out.append("\\" + char)
+        elif 0x20 <= byte < 0x7F:
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
+
+
 def _tensor(name: str, dtype: str, dims: list[int]) -> str:
-    return f'  {{\n    name: "{name}"\n    data_type: {dtype}\n    dims: [ {", ".join(map(str, dims))} ]\n  }}'
+    return f'  {{\n    name: {quote(name)}\n    data_type: {dtype}\n    dims: [ {", ".join(map(str, dims))} ]\n  }}'
 
 
 def model_config(name: str, inputs: list[tuple[str, str, list[int]]], outputs: list[tuple[str, str, list[int]]],
@@ -57,7 +72,7 @@ def model_config(name: str, inputs: list[tuple[str, str, list[int]]], outputs: l
     ins = ",\n".join(_tensor(*i) for i in inputs)
     outs = ",\n".join(_tensor(*o) for o in outputs)
     return (
-        f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: {opts.max_batch}\n'
+        f'name: {quote(name)}\nbackend: "onnxruntime"\nmax_batch_size: {opts.max_batch}\n'
         f"input [\n{ins}\n]\n"
         f"output [\n{outs}\n]\n"
         f"instance_group [ {{ count: 1\n  kind: {kind} }} ]\n"
@@ -69,7 +84,7 @@ def model_config(name: str, inputs: list[tuple[str, str, list[int]]], outputs: l
         f"    max_queue_size: {opts.max_queue}\n  }}\n}}\n"
         f"{accel}"
         "model_warmup [ {\n  name: \"zeros\"\n  batch_size: 1\n"
-        f'  inputs {{\n    key: "{inputs[0][0]}"\n    value {{\n      data_type: {inputs[0][1]}\n'
+        f'  inputs {{\n    key: {quote(inputs[0][0])}\n    value {{\n      data_type: {inputs[0][1]}\n'
         f"      dims: [ {', '.join(map(str, warmup_dims))} ]\n      zero_data: true\n    }}\n  }}\n}} ]\n"
     )
 

@@ -1,21 +1,40 @@
-"""Image input: listing, decoding and mode conversion to RGB uint8, with errors that name the image.
+"""Image input: listing, decoding and mode conversion to RGB uint8, one function for offline jobs and the server.
 
-Decoding goes through Pillow so the pixel count is known from the header before any pixel is decoded
-(decompression bombs are refused cheaply).
+The rules (README, "Limits and safety"):
+
+- **Formats**: PNG, JPEG, BMP, TIFF (first page) and WebP, by their content, whatever the file is called;
+  Pillow's other formats (GIF, EPS, ICO, ...) are refused, offline and served alike.
+- **Orientation**: an EXIF orientation tag (2-8) is applied, as ``cv2.imread`` (what training code reads
+  with) applies it: predictions are in the orientation a viewer shows.
+- **16-bit** samples become 8-bit as ``cv2.imread`` makes them: the high byte, ``v >> 8``, whatever the image
+  holds (two images one grey level apart stay one level apart); Pillow reads 16-bit RGB by the same rule.
+- **Cost before pixels**: only regular files are opened (FIFOs and devices are refused by name), the file's
+  size is bounded, and the header's structure (PNG chunks, JPEG markers before the scan) is counted and bounded
+  before Pillow parses it; the pixel limit and ``admit`` (the ensemble's cost budget) see the oriented size
+  from the header before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import stat
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from segensemble.errors import ImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")  # Pillow's names; every other format is refused by content
+MAX_FILE_BYTES = 1 << 30  # one image file, offline (the server bounds its body separately)
+MAX_HEADER_SEGMENTS = 1024  # PNG chunks other than IDAT, JPEG marker segments before the first scan
+IDAT_BYTES_PER_CHUNK = 1024  # PNG image-data chunks: at most one per this many bytes of file (encoders write 8-64 KiB)
+_SWAPS_HW = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
 
 
 @dataclass(frozen=True)
@@ -27,80 +46,187 @@ class ImageRef:
     coco_id: int | None = None
 
 
-def list_images(root: str | Path) -> list[ImageRef]:
-    """All images under ``root`` (recursively), in sorted relative-path order."""
+def find_images(root: str | Path) -> tuple[list[ImageRef], list[Path]]:
+    """Images under ``root`` (recursively, sorted by relative path), and the other files found there."""
     root = Path(root)
     if not root.is_dir():
         raise ImageError(str(root), "not a directory of images")
-    refs = [
-        ImageRef(p.relative_to(root).as_posix(), p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    refs, others = [], []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            (refs.append(ImageRef(p.relative_to(root).as_posix(), p)) if p.suffix.lower() in IMAGE_SUFFIXES else others.append(p))
     if not refs:
         raise ImageError(str(root), f"no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return refs
+    return refs, others
+
+
+def list_images(root: str | Path) -> list[ImageRef]:
+    """All images under ``root`` (recursively), in sorted relative-path order."""
+    return find_images(root)[0]
 
 
 Admit = Callable[[tuple[int, int]], None]  # sees (H, W) from the header, raises ImageError to refuse
 
 
 def read_image(path: str | Path, max_pixels: int | None = None, admit: Admit | None = None) -> np.ndarray:
-    """Read a file as RGB uint8 (H, W, 3)."""
+    """Read a regular file as RGB uint8 (H, W, 3); the header is checked before the body is read."""
+    with open_regular(path, MAX_FILE_BYTES) as fh:
+        return _decode(fh, str(path), max_pixels, admit)
+
+
+def open_regular(path: str | Path, max_bytes: int) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file of at most ``max_bytes``; ImageError naming it otherwise.
+
+    Opened non-blocking, so a FIFO cannot hang the caller before it is recognised; ``/dev/zero`` and other
+    devices are refused by their type, not read."""
     try:
-        data = Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise ImageError(str(path), f"cannot read ({exc.strerror or exc})") from exc
-    return decode_image(data, str(path), max_pixels, admit)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(str(path), f"not a regular file ({_kind(info.st_mode)}); refused")
+        if info.st_size > max_bytes:
+            raise ImageError(str(path), f"{info.st_size} bytes exceeds the limit of {max_bytes} for one file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def header_size(data: bytes, source: str) -> tuple[int, int]:
-    """(H, W) from the image header alone, no pixel decoded."""
-    return _open_checked(data, source, lambda img: (img.size[1], img.size[0]))
+    """(H, W) as the image will be decoded (EXIF orientation applied), from the header alone."""
+    return _open_checked(io.BytesIO(data), source, _oriented_hw)
 
 
 def decode_image(data: bytes, source: str, max_pixels: int | None = None, admit: Admit | None = None) -> np.ndarray:
-    """Decode encoded bytes as RGB uint8 (H, W, 3); 16-bit, grayscale, palette, RGBA and CMYK are converted.
+    """Decode encoded bytes as RGB uint8 (H, W, 3): the server's path, the same rules as ``read_image``."""
+    return _decode(io.BytesIO(data), source, max_pixels, admit)
 
-    The pixel limit and ``admit`` (e.g. the ensemble's cost budget) are checked from the header, before
-    any pixel is decoded."""
 
+def _decode(fh: BinaryIO, source: str, max_pixels: int | None, admit: Admit | None) -> np.ndarray:
     def load(img):
-        width, height = img.size
+        height, width = _oriented_hw(img)
         if max_pixels is not None and width * height > max_pixels:
             raise ImageError(source, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}")
         if admit is not None:
             admit((height, width))
         img.load()
-        return _to_rgb(img, source)
+        return _to_rgb(_apply_orientation(img), source)
 
-    return _open_checked(data, source, load)
+    return _open_checked(fh, source, load)
 
 
-def _open_checked(data: bytes, source: str, use):
-    """Open ``data`` with Pillow and hand the image to ``use``; Pillow's failures become ImageError."""
+def _open_checked(fh: BinaryIO, source: str, use):
+    """Check the header's structure, open ``fh`` with Pillow (allowed formats only) and hand the image to ``use``."""
     from PIL import Image, UnidentifiedImageError
 
-    if not data:
-        raise ImageError(source, "empty file")
+    _check_structure(fh, source)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(fh, formats=FORMATS) as img:
             return use(img)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageError(source, f"too many pixels ({exc})") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(source, "not a decodable image") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(source, f"not a decodable image in an accepted format ({', '.join(FORMATS)})") from exc
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
         raise ImageError(source, f"corrupt or truncated image ({exc})") from exc
 
 
+def _check_structure(fh: BinaryIO, source: str) -> None:
+    """Refuse a PNG or JPEG whose header is built to make parsing slow (millions of empty chunks or markers)."""
+    head = fh.read(8)
+    fh.seek(0)
+    if not head:
+        raise ImageError(source, "empty file")
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        _count_png_chunks(fh, source)
+    elif head.startswith(b"\xff\xd8"):
+        _count_jpeg_segments(fh, source)
+    fh.seek(0)
+
+
+def _count_png_chunks(fh: BinaryIO, source: str) -> None:
+    size = fh.seek(0, io.SEEK_END)
+    idat_limit = MAX_HEADER_SEGMENTS + size // IDAT_BYTES_PER_CHUNK
+    other = idat = 0
+    pos = 8
+    while pos + 8 <= size:
+        fh.seek(pos)
+        length, kind = struct.unpack(">I4s", fh.read(8))
+        if kind == b"IDAT":
+            idat += 1
+        else:
+            other += 1
+        if other > MAX_HEADER_SEGMENTS or idat > idat_limit:
+            what = f"more than {MAX_HEADER_SEGMENTS} non-image chunks" if other > MAX_HEADER_SEGMENTS else \
+                f"more than {idat_limit} image-data chunks for {size} bytes"
+            raise ImageError(source, f"PNG with {what}; refused (a file built to be slow to parse)")
+        if kind == b"IEND":
+            return
+        pos += 12 + length
+
+
+def _count_jpeg_segments(fh: BinaryIO, source: str) -> None:
+    size = fh.seek(0, io.SEEK_END)
+    segments, pos = 0, 2
+    while pos + 4 <= size:
+        fh.seek(pos)
+        marker, kind = fh.read(2)
+        if marker != 0xFF:
+            return  # not a marker: Pillow reports the corruption
+        if kind == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if kind == 0xDA or kind == 0xD9:  # start of scan (the entropy-coded data is libjpeg's, in C), end of image
+            return
+        segments += 1
+        if segments > MAX_HEADER_SEGMENTS:
+            raise ImageError(source, f"JPEG with more than {MAX_HEADER_SEGMENTS} marker segments before its image data; "
+                                     "refused (a file built to be slow to parse)")
+        if 0xD0 <= kind <= 0xD7 or kind == 0x01:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", fh.read(2))
+        pos += 2 + length
+
+
+def _orientation(img) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # a damaged EXIF block is ignored, as cv2 ignores it
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _oriented_hw(img) -> tuple[int, int]:
+    width, height = img.size
+    return (width, height) if _orientation(img) in _SWAPS_HW else (height, width)
+
+
+def _apply_orientation(img):
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
+
+
 def _to_rgb(img, source: str) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
-        gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.int64)
+        gray = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)  # cv2.imread's 16 -> 8 bit rule
         return np.repeat(gray[..., None], 3, axis=2)
     if img.mode == "F":
         raise ImageError(source, "floating-point images are not supported; save as 8- or 16-bit")

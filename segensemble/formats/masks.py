@@ -1,4 +1,7 @@
-"""Label maps as PNG (uint8, or 16-bit for more than 256 classes) and probabilities as compressed npz."""
+"""Label maps as PNG (uint8, or 16-bit for more than 256 classes) and probabilities as compressed npz.
+
+Each file carries a mark (a PNG ``Software`` text chunk, an npz entry ``written_by``) so that a rerun replaces
+its own earlier outputs and never a file it did not write (``is_ours``)."""
 
 from __future__ import annotations
 
@@ -10,14 +13,36 @@ import numpy as np
 from segensemble.formats.atomic import write_bytes_atomic
 from segensemble.formats.paths import output_path
 
+MARK = "segensemble"
+
 
 def encode_png(labels: np.ndarray) -> bytes:
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     arr = labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels.astype(np.uint16)
     buffer = io.BytesIO()
-    Image.fromarray(arr).save(buffer, format="PNG")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", MARK)
+    Image.fromarray(arr).save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
+
+
+def is_ours(path: Path) -> bool:
+    """Whether ``path`` is a mask or probability file segensemble wrote (its mark is read, not the pixels)."""
+    import zipfile
+
+    from PIL import Image
+
+    if not path.is_file():  # a FIFO, device or folder is never opened
+        return False
+    try:
+        if path.suffix == ".npz":
+            with zipfile.ZipFile(path) as archive:
+                return "written_by.npy" in archive.namelist()
+        with Image.open(path, formats=["PNG"]) as img:
+            return img.info.get("Software") == MARK
+    except Exception:  # unreadable or another format: not ours
+        return False
 
 
 def mask_path(root: Path, image_id: str, source: Path | None = None) -> Path:
@@ -37,7 +62,7 @@ def save_mask(root: Path, image_id: str, labels: np.ndarray, source: Path | None
 def encode_probs(probs: np.ndarray) -> bytes:
     """float16 (C, H, W) in a compressed npz under the key ``probs``."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, probs=probs.astype(np.float16))
+    np.savez_compressed(buffer, probs=probs.astype(np.float16), written_by=np.array(MARK))
     return buffer.getvalue()
 
 

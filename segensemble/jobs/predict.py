@@ -10,8 +10,9 @@ from tqdm import tqdm
 
 from segensemble.errors import ImageError
 from segensemble.formats.images import ImageRef
-from segensemble.formats.masks import mask_path, probs_path, save_mask, save_probs
-from segensemble.formats.submission import SubmissionWriter, submission_string
+from segensemble.formats.masks import is_ours, mask_path, probs_path, save_mask, save_probs
+from segensemble.formats.paths import check_outputs
+from segensemble.formats.submission import SubmissionWriter, partial_path, submission_string
 from segensemble.runtime.engine import LABELS, PROBS, Runner, Want
 
 
@@ -25,6 +26,7 @@ class PredictOptions:
     skip_bad: bool = False
     batch_images: int = 1
     progress: bool = True
+    inputs: tuple[Path, ...] = ()  # files the run reads besides the images (a COCO file): never an output
 
 
 @dataclass
@@ -83,13 +85,17 @@ def _remaining(refs: list[ImageRef], options: PredictOptions, writer: Submission
 
 
 def _check_output_paths(refs: list[ImageRef], options: PredictOptions) -> None:
-    """Every mask/probability path is computed (and so checked) before any image runs: a bad name stops the run
-    before anything is written."""
+    """Every output path is computed and checked (``paths.check_outputs``) before any image runs: a bad or
+    colliding name stops the run before anything is written."""
+    named = [(options.csv, "submission"), (partial_path(options.csv), "unfinished submission")] if options.csv else []
+    outputs = list(named)
     for ref in refs:
         if options.masks_dir:
-            mask_path(options.masks_dir, ref.image_id, ref.path)
+            outputs.append((mask_path(options.masks_dir, ref.image_id, ref.path), f"mask of {ref.image_id}"))
         if options.probs_dir:
-            probs_path(options.probs_dir, ref.image_id, ref.path)
+            outputs.append((probs_path(options.probs_dir, ref.image_id, ref.path), f"probabilities of {ref.image_id}"))
+    user_named = {p for p, _ in named}  # files the user named may be replaced; files named after images only if ours
+    check_outputs(outputs, [r.path for r in refs] + list(options.inputs), lambda p: p in user_named or is_ours(p))
 
 
 def _outputs_exist(ref: ImageRef, options: PredictOptions) -> bool:

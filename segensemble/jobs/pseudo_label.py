@@ -20,7 +20,8 @@ from segensemble.formats.atomic import write_atomic
 from segensemble.formats.coco_roots import MergedRoot, check_resolves, find_image_root, merged_root, rebase
 from segensemble.formats.coco_writer import assemble, categories, image_annotations, merge, read_json
 from segensemble.formats.images import ImageRef
-from segensemble.formats.masks import mask_path, save_mask
+from segensemble.formats.masks import is_ours, mask_path, save_mask
+from segensemble.formats.paths import check_outputs
 from segensemble.jobs.pseudo_rule import PseudoRule, decide, share_histogram
 from segensemble.runtime.engine import PROBS, Runner, Want
 
@@ -47,6 +48,15 @@ class PseudoOptions:
     skip_bad: bool = False
     batch_images: int = 1
     progress: bool = True
+    inputs: tuple[Path, ...] = ()  # files the run reads besides the images (a COCO file): never an output
+
+    @property
+    def merged_path(self) -> Path:
+        return self.merged_output or self.output.with_name(self.output.stem + ".merged.json")
+
+    @property
+    def journal(self) -> Path:
+        return self.output.with_name(self.output.name + ".partial.jsonl")
 
 
 @dataclass
@@ -67,10 +77,9 @@ def pseudo_label(engine: Runner, refs: list[ImageRef], options: PseudoOptions) -
     """Run, decide, journal; then write the COCO file(s), masks and report."""
     rule = options.rule
     rule.validate(len(engine.classes))
+    _check_output_paths(refs, options)  # a bad or colliding name stops the run before anything is written
     merging = _merging(options)  # a merge that cannot work stops the run before any image is predicted
-    for ref in refs if options.masks_dir else []:  # a bad name stops the run before anything is written
-        mask_path(options.masks_dir, ref.image_id, ref.path)
-    journal_path = options.output.with_name(options.output.name + ".partial.jsonl")
+    journal_path = options.journal
     records = _read_journal(journal_path, refs) if options.resume else []
     done = {r["image"] for r in records}
     todo = [r for r in refs if r.image_id not in done]
@@ -122,6 +131,18 @@ def _read_journal(path: Path, refs: list[ImageRef]) -> list[dict]:
     return records
 
 
+def _check_output_paths(refs: list[ImageRef], options: PseudoOptions) -> None:
+    """The COCO file, merged file, report, journal and masks: distinct, none an input (the training file given to
+    --merge above all), and no mask replacing a file segensemble did not write."""
+    named = [(options.output, "pseudo-label COCO file"), (options.journal, "journal")]
+    named += [(options.merged_path, "merged COCO file")] if options.merge_with else []
+    named += [(options.report, "report")] if options.report else []
+    masks = [(mask_path(options.masks_dir, r.image_id, r.path), f"mask of {r.image_id}") for r in refs] if options.masks_dir else []
+    user_named = {p for p, _ in named}
+    inputs = [r.path for r in refs] + list(options.inputs) + ([options.merge_with] if options.merge_with else [])
+    check_outputs(named + masks, inputs, lambda p: p in user_named or is_ours(p))
+
+
 def _merging(options: PseudoOptions) -> tuple[dict, MergedRoot] | None:
     """The train COCO and the one image root the merged file will have (None when not merging)."""
     if not options.merge_with:
@@ -157,7 +178,7 @@ def _finish(records: list[dict], classes: list[str], options: PseudoOptions, mer
         rebased = {**coco, "images": [{**i, "file_name": rebase(options.images_root, kept_name, where.root)}
                                       for i, kept_name in zip(coco["images"], kept_names)]}
         merged = merge(train, rebased, str(options.merge_with), where.train_prefix)
-        merged_path = options.merged_output or options.output.with_name(options.output.stem + ".merged.json")
+        merged_path = options.merged_path
         check_resolves(merged, where.root, str(merged_path))
         _write_json(merged_path, merged)
         summary.outputs.append(merged_path)
