@@ -47,6 +47,10 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, permission denied, ...: the file and the reason, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 def pseudo_label_main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from segensemble.errors import SegEnsembleError, first_line
+from segensemble.files import open_regular
 from segensemble.plan import Profile
 
 MANIFEST_NAME = "manifest.json"
@@ -113,6 +114,13 @@ class GraphEntry(BaseModel):
     sha256: str
     cache_key: str
     verified: Verification | None = None  # None only for graphs built outside `ensemble build` (tests, analyze)
+    data: dict[str, str] = {}  # external weight files the graph reads (graphs past protobuf's 2 GB limit): name -> sha256
+
+    def verify(self, build_dir: Path) -> Path:
+        """The graph's path, once the graph and every weights file it reads match their recorded sha256."""
+        for name, sha in self.data.items():
+            verify_file(build_dir, name, sha)
+        return verify_file(build_dir, self.file, self.sha256)
 
 
 class Manifest(BaseModel):
@@ -161,7 +169,7 @@ def file_sha256(path: Path) -> str:
     for file in files:
         if path.is_dir():
             digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as fh:
+        with open_regular(file) as fh:  # a FIFO or /dev/zero is refused, not read forever
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()

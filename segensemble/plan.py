@@ -31,6 +31,8 @@ MAX_SIDE = 16384  # input_size, pixels per side
 MAX_STRIDE = 1024
 MAX_IN_CHANNELS = 64
 MAX_WEIGHT = 1e6
+MAX_KWARG_NUMBER = 4096  # model_kwargs: channels, depths, factors (decoder_channels: [256, 128, 64, 32, 16] is typical)
+MAX_KWARG_ITEMS = 64  # model_kwargs: values in all, lists and nesting included
 PLAN_BUDGET = Budget(max_megapixel_views=1024.0, max_memory_mb=65536.0)  # for the members whose size is fixed by the plan
 
 TtaName = Literal["identity", "hflip", "vflip", "rot90", "rot270", "transpose"]
@@ -60,6 +62,12 @@ class ViewOptions(BaseModel):
     weight: float = Field(1.0, gt=0, le=MAX_WEIGHT)
     bn_images: str | None = None
 
+    @field_validator("model_kwargs")
+    @classmethod
+    def _kwargs_bounded(cls, v: dict) -> dict:
+        check_model_kwargs(v)
+        return v
+
     @field_validator("std")
     @classmethod
     def _std_positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -87,6 +95,40 @@ class ViewOptions(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError("tta views must not repeat")
         return v
+
+
+def check_model_kwargs(kwargs: dict) -> None:
+    """smp constructor arguments from a plan or an smp config.json: small numbers, short lists, plain types.
+
+    A ``decoder_channels: [200000, ...]`` would allocate gigabytes of weights before any check could run."""
+    count = 0
+
+    def walk(value, at: str, depth: int) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_KWARG_ITEMS or depth > 3:
+            raise ValueError(f"model_kwargs: more than {MAX_KWARG_ITEMS} values or nested deeper than 3")
+        if isinstance(value, bool) or value is None:
+            return
+        if isinstance(value, (int, float)):
+            if not abs(value) <= MAX_KWARG_NUMBER:
+                raise ValueError(f"model_kwargs{at}: {value} is out of range (at most {MAX_KWARG_NUMBER} in magnitude)")
+        elif isinstance(value, str):
+            if len(value) > 200:
+                raise ValueError(f"model_kwargs{at}: a string of {len(value)} characters (at most 200)")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{at}[{i}]", depth + 1)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ValueError(f"model_kwargs{at}: keys must be strings (got {key!r})")
+                walk(item, f"{at}.{key}", depth + 1)
+        else:
+            raise ValueError(f"model_kwargs{at}: {type(value).__name__} values are not accepted")
+
+    for key, value in kwargs.items():
+        walk(value, f".{key}", 1)
 
 
 class MemberSpec(ViewOptions):

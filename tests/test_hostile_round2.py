@@ -184,3 +184,230 @@ def test_triton_names_are_quoted_not_pasted():
                         [64, 64, 3], TritonOptions())
     config = text_format.Parse(text, model_config_pb2.ModelConfig())
     assert [o.name for o in config.output] == ["probs", crafted, "member:가나\\"]
+
+
+# external weights: hashed, switched atomically, readable by the build's other users ---------------------------
+def _onnx_plan(tmp_path: Path, members: dict[str, Path], weight: float = 1.0) -> Path:
+    from conftest import CLASSES
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(json.dumps({"classes": CLASSES, "members": [
+        {"name": name, "onnx": str(path), "weight": weight if i == 0 else 1.0} for i, (name, path) in enumerate(members.items())]}))
+    return plan
+
+
+@pytest.fixture
+def external_build(built, tmp_path, monkeypatch):
+    """A build of two ONNX members whose ensemble graph keeps its weights in an external data file."""
+    import segensemble.export.graph as graph
+    from segensemble.export.build import build
+    from segensemble.plan import load_plan
+
+    members = {"unet": built["dir"] / "unet-ms-0.onnx", "fpn": built["dir"] / "fpn-0.onnx"}
+    monkeypatch.setattr(graph, "EXTERNAL_DATA_BYTES", 0)
+    result = build(load_plan(_onnx_plan(tmp_path, members)), tmp_path / "build", quiet=True)
+    return {"dir": tmp_path / "build", "result": result, "members": members, "plan_dir": tmp_path}
+
+
+def test_external_weights_are_hashed_and_readable(external_build, data):
+    from segensemble.runtime.engine import PROBS, Engine, Want
+
+    out, entry = external_build["dir"], external_build["result"].manifest.graphs[""]
+    (name, sha), = entry.data.items()
+    assert name.startswith("ensemble.onnx.") and name.endswith(".data") and (out / name).stat().st_size > 1000
+    assert (out / name).stat().st_mode & 0o777 == (out / "manifest.json").stat().st_mode & 0o777 == (out / "fpn-0.onnx").stat().st_mode & 0o777
+    image = read_image(sorted(data["test"].images.glob("*.png"))[0])
+    assert Engine.from_build(out).predict([image], Want({PROBS}))[0].probs.shape[0] == 4
+    raw = bytearray((out / name).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one weight changed
+    (out / name).write_bytes(bytes(raw))
+    from segensemble.errors import SegEnsembleError
+    with pytest.raises(SegEnsembleError, match="sha256 differs"):
+        Engine.from_build(out)
+
+
+def test_a_kill_between_weights_and_graph_leaves_the_old_pair(external_build, data, monkeypatch):
+    import segensemble.export.graph as graph
+    from segensemble.export.build import build
+    from segensemble.plan import load_plan
+    from segensemble.runtime.engine import PROBS, Engine, Want
+
+    out = external_build["dir"]
+    image = read_image(sorted(data["test"].images.glob("*.png"))[0])
+    before = Engine.from_build(out).predict([image], Want({PROBS}))[0].probs
+    real_replace = Path.replace
+
+    def killed(self, target):
+        if self.name == f".{graph.GRAPH_FILE}.tmp":
+            raise KeyboardInterrupt  # the new weights file is written; the graph that names it is not yet in place
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build(load_plan(_onnx_plan(external_build["plan_dir"], external_build["members"], weight=3.0)), out, quiet=True)
+    monkeypatch.setattr(Path, "replace", real_replace)
+    assert len(list(out.glob("ensemble.onnx.*.data"))) == 2  # old and new side by side, neither overwritten
+    np.testing.assert_array_equal(Engine.from_build(out).predict([image], Want({PROBS}))[0].probs, before)
+    build(load_plan(_onnx_plan(external_build["plan_dir"], external_build["members"], weight=3.0)), out, quiet=True)
+    assert len(list(out.glob("ensemble.onnx.*.data"))) == 1  # the finished rebuild removes the stale one
+    assert np.abs(Engine.from_build(out).predict([image], Want({PROBS}))[0].probs - before).max() > 1e-4
+
+
+def test_onnx_members_with_external_weights_are_built_and_traversal_refused(built, data, tmp_path):
+    import onnx
+
+    from segensemble.errors import PlanError
+    from segensemble.export.build import build
+    from segensemble.plan import load_plan
+    from segensemble.runtime.engine import MEMBERS, Engine, Want
+
+    src = tmp_path / "ext" / "fpn.onnx"
+    src.parent.mkdir()
+    onnx.save(onnx.load(str(built["dir"] / "fpn-0.onnx")), str(src), save_as_external_data=True, location="fpn.weights", size_threshold=0)
+    assert (src.parent / "fpn.weights").stat().st_size > 1000
+    result = build(load_plan(_onnx_plan(tmp_path, {"ext": src, "plain": built["dir"] / "fpn-0.onnx"})), tmp_path / "b", quiet=True)
+    image = read_image(sorted(data["test"].images.glob("*.png"))[0])
+    members = Engine.from_build(result.build_dir).predict([image], Want({MEMBERS}))[0].members
+    np.testing.assert_allclose(members["ext"], members["plain"], atol=1e-6)
+    proto = onnx.load(str(src), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../../etc/passwd"
+    onnx.save(proto, str(src))
+    with pytest.raises(PlanError, match="external weights"):
+        build(load_plan(_onnx_plan(tmp_path, {"ext": src, "plain": built["dir"] / "fpn-0.onnx"})), tmp_path / "c", quiet=True)
+
+
+# files that are not what they claim: FIFOs, devices, sparse giants, alias bombs ------------------------------
+def _hostile_folder(data, tmp_path: Path) -> Path:
+    import os
+
+    images = tmp_path / "images"
+    shutil.copytree(data["test"].images, images)
+    os.mkfifo(images / "fifo.png")
+    (images / "zero.png").symlink_to("/dev/zero")
+    with open(images / "sparse.png", "wb") as fh:
+        fh.truncate(6 << 30)
+    return images
+
+
+def test_offline_jobs_refuse_fifos_devices_and_sparse_giants_by_name(built, data, tmp_path):
+    images = _hostile_folder(data, tmp_path)
+    done = subprocess.run([sys.executable, "-m", "segensemble.cli", "predict", str(images), "--build", str(built["dir"]),
+                           "-o", str(tmp_path / "s.csv"), "--skip-bad", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name, words in (("fifo.png", "FIFO"), ("zero.png", "character device"), ("sparse.png", "exceeds the limit")):
+        assert f"skipped {name}: " in done.stdout and words in done.stdout, done.stdout
+    rows = (tmp_path / "s.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(list(data["test"].images.glob("*.png")))
+    done = subprocess.run([sys.executable, "-m", "segensemble.cli", "predict", str(images), "--build", str(built["dir"]),
+                           "-o", str(tmp_path / "t.csv"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "not a regular file (a FIFO)" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_checkpoints_that_are_fifos_or_devices_are_refused(tmp_path, kind):
+    import os
+
+    from segensemble.errors import SegEnsembleError
+    from segensemble.export.build import build
+    from segensemble.plan import load_plan
+
+    ckpt = tmp_path / "model.pth"
+    os.mkfifo(ckpt) if kind == "fifo" else ckpt.symlink_to("/dev/zero")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(json.dumps({"classes": ["a", "b"], "members": [{"name": "m", "arch": "Unet", "encoder": "resnet18",
+                                                                     "checkpoint": str(ckpt)}]}))
+    with pytest.raises(SegEnsembleError, match="not a regular file"):
+        build(load_plan(plan), tmp_path / "out", quiet=True)  # returns at once: nothing is read
+
+
+def test_a_preprocess_file_of_nested_aliases_is_refused(tmp_path):
+    from segensemble.errors import PlanError
+    from segensemble.export.preprocess import read_preprocess
+
+    lines = ['a: &a {"__class_fullname__": "Resize", "height": 8, "width": 8, "p": 1.0}']
+    for i in range(1, 8):
+        lines.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 10) + "]")
+    lines.append('transform: {"__class_fullname__": "Compose", "p": 1.0, "transforms": *h}')
+    path = tmp_path / "val_transform.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size < 2000
+    with pytest.raises(PlanError, match="alias bomb"):
+        read_preprocess(path, "members[0].preprocess")
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"decoder_channels": [200000, 128, 64, 32, 16]}, "out of range"),
+    ({"decoder_channels": list(range(100))}, "more than 64 values"),
+    ({"decoder_attention_type": {"a": {"b": {"c": [1]}}}}, "nested deeper"),
+])
+def test_model_kwargs_are_bounded(tmp_path, kwargs, words):
+    from segensemble.errors import PlanError
+    from segensemble.plan import load_plan
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(json.dumps({"classes": ["a", "b"], "members": [{"name": "m", "arch": "Unet", "encoder": "resnet18",
+                                                                     "checkpoint": "x.pth", "model_kwargs": kwargs}]}))
+    with pytest.raises(PlanError, match=words):
+        load_plan(plan)
+
+
+@pytest.mark.parametrize("config", [{"_model_class": "Unet", "encoder_name": "resnet18", "classes": "four"},
+                                    {"_model_class": ["Unet"], "encoder_name": "resnet18"},
+                                    {"_model_class": "Unet", "encoder_name": "resnet18", "decoder_channels": [10**6] * 5},
+                                    ["not", "an", "object"]])
+def test_odd_smp_configs_are_one_line_errors(ckpt_dir, tmp_path, config):
+    from segensemble.errors import CheckpointError
+    from segensemble.models.checkpoints import load_checkpoint
+
+    folder = tmp_path / "smp"
+    shutil.copytree(ckpt_dir / "fpn_dir", folder)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_checkpoint(folder)
+
+
+# resume reads rows as the csv module wrote them -------------------------------------------------------------
+def test_resume_keeps_names_with_unicode_line_breaks_and_drops_a_torn_character(tmp_path):
+    from segensemble.formats.submission import SubmissionWriter
+
+    target = tmp_path / "s.csv"
+    writer = SubmissionWriter(target)
+    names = ["a\x85b.png", "c\u2028d.png", "e\nf.png", "한글.png"]
+    for name in names:
+        writer.write(name, "0 1")
+    writer.abort()
+    partial = tmp_path / "s.csv.partial"
+    partial.write_bytes(partial.read_bytes() + '한글2.png,0'.encode()[:2])  # a row torn inside a UTF-8 character
+    resumed = SubmissionWriter(target, resume=True)
+    assert resumed.done == names
+    resumed.write("g.png", "1")
+    resumed.finish()
+    import csv
+    with open(target, newline="", encoding="utf-8") as fh:
+        assert [r[0] for r in csv.reader(fh)][1:] == [*names, "g.png"]
+
+
+# flags and names that used to end in a traceback --------------------------------------------------------------
+@pytest.mark.parametrize(("args", "words"), [
+    (["serve", "--build", "{build}", "--max-batch", "0"], "--max-batch"),
+    (["predict", "{images}", "--build", "{build}", "--submission-size", "0", "0"], "--submission-size"),
+    (["export", "x.pth", "--arch", "Unet", "--encoder", "resnet18", "--classes", "2", "-o", "{tmp}/x.onnx", "--mean", "nan", "0", "0"],
+     "--mean"),
+])
+def test_bad_flags_are_one_line_errors(built, data, tmp_path, args, words):
+    args = [a.format(build=built["dir"], images=data["test"].images, tmp=tmp_path) for a in args]
+    done = _cli(*args)
+    assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_a_one_line_error(built, data, tmp_path):
+    import os
+
+    images = tmp_path / "images"
+    shutil.copytree(data["test"].images, images)
+    os.rename(images / sorted(os.listdir(images))[0], os.fsencode(images) + b"/\xff\xfe.png")
+    done = _cli("predict", images, "--build", built["dir"], "-o", tmp_path / "s.csv", "--quiet")
+    assert done.returncode == 2 and "not valid UTF-8" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -14,7 +14,13 @@ from segensemble.errors import SegEnsembleError
 def floats3(text: list[str], flag: str) -> tuple[float, float, float]:
     if len(text) != 3:
         raise SegEnsembleError(f"{flag}: expected 3 numbers, got {len(text)}")
-    return tuple(float(t) for t in text)  # type: ignore[return-value]
+    try:
+        values = tuple(float(t) for t in text)
+    except ValueError:
+        raise SegEnsembleError(f"{flag}: expected 3 numbers, got {' '.join(text)}") from None
+    if not all(math.isfinite(v) for v in values) or (flag == "--std" and min(values) <= 0):
+        raise SegEnsembleError(f"{flag}: every value must be a finite number{' > 0' if flag == '--std' else ''} (got {' '.join(text)})")
+    return values  # type: ignore[return-value]
 
 
 def default_build_dir(plan: Path) -> Path:

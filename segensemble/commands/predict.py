@@ -30,6 +30,8 @@ def add(sub) -> None:
 def run(args) -> int:
     from segensemble.jobs.predict import PredictOptions, predict_to_files
 
+    if not all(1 <= v <= 16384 for v in args.submission_size):
+        raise SegEnsembleError(f"--submission-size: H and W must be in 1..16384 (got {args.submission_size[0]} {args.submission_size[1]})")
     csv_path = args.output or (None if (args.save_masks or args.save_probs) else Path("submission.csv"))
     engine = open_engine(args)
     refs = image_refs(args, {"--save-masks": args.save_masks, "--save-probs": args.save_probs})
@@ -37,7 +39,7 @@ def run(args) -> int:
                              args.skip_bad, args.batch_images, not args.quiet, inputs=(args.coco,) if args.coco else ())
     try:
         s = predict_to_files(engine, refs, options)
-    except (SegEnsembleError, KeyboardInterrupt):
+    except (SegEnsembleError, KeyboardInterrupt, OSError):  # OSError: e.g. the disk is full
         _say_what_is_kept(csv_path)
         raise
     print(f"predicted {s.predicted} of {s.total} images in {s.seconds:.1f}s ({s.images_per_second:.2f} img/s, "

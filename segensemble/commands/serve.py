@@ -42,8 +42,8 @@ def run(args) -> int:
               "max_body_mb": args.max_body_mb, "max_pixels": args.max_pixels, "timeout_s": args.timeout_s,
               "body_timeout_s": args.body_timeout_s, "max_uploads": args.max_uploads, "max_cost": args.max_cost,
               "max_memory_mb": args.max_memory_mb}
-    settings = ServeSettings(build_dir=args.build, providers=tuple(args.providers) if args.providers else None,
-                             threads=args.threads, trt_fp16=args.trt_fp16, precision=args.precision,
-                             **{k: v for k, v in fields.items() if v is not None})
+    settings = ServeSettings.from_flags(build_dir=args.build, providers=tuple(args.providers) if args.providers else None,
+                                        threads=args.threads, trt_fp16=args.trt_fp16, precision=args.precision,
+                                        **{k: v for k, v in fields.items() if v is not None})
     serve(settings, host=args.host, port=args.port)
     return 0

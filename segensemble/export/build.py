@@ -170,8 +170,7 @@ def _copy_onnx(plan: Plan, where: str, member: MemberSpec, out: Path) -> ModelEn
     if not src.is_file():
         raise PlanError(f"{where}.onnx: {src} does not exist")
     target = out / f"{safe_name(member.name)}-0.onnx"
-    if not target.exists() or file_sha256(target) != file_sha256(src):
-        write_atomic(target, lambda tmp: shutil.copyfile(src, tmp))
+    _copy_member_onnx(src, target, where)
     try:
         session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -184,6 +183,24 @@ def _copy_onnx(plan: Plan, where: str, member: MemberSpec, out: Path) -> ModelEn
         raise PlanError(f"{where}.onnx: {src} outputs {classes} classes but the plan lists {len(plan.classes)}")
     entry = _entry_from_metadata(target, metadata, out)
     return entry.model_copy(update={"sources": [str(src)], "sha256": file_sha256(src), "form": "onnx"})
+
+
+def _copy_member_onnx(src: Path, target: Path, where: str) -> None:
+    """The member's ONNX file into the build, self-contained: weights kept beside it (external data) are read
+    through onnx's loader, which refuses locations outside the file's folder, and embedded."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(src), load_external_data=False)
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+        if external:
+            onnx.load_external_data_for_model(proto, str(src.parent))
+    except Exception as exc:  # onnx raises ValidationError, DecodeError, OSError
+        raise PlanError(f"{where}.onnx: {src}: cannot read it or its external weights ({first_line(exc)})") from None
+    if external:
+        write_atomic(target, lambda tmp: onnx.save(proto, str(tmp)))
+    elif not target.exists() or file_sha256(target) != file_sha256(src):
+        write_atomic(target, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def _member_entry(member: MemberSpec, models: list[ModelEntry]) -> MemberEntry:

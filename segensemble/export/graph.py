@@ -23,6 +23,8 @@ gives a variant whose outputs are every view's probabilities at H x W (``view:<j
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,25 +257,49 @@ def _metadata(manifest: Manifest, profile: str | None, views: bool, cache_key: s
     }
 
 
+def external_data(graph: Path) -> list[str]:
+    """The external weight files a graph reads (names relative to its folder), from the graph itself."""
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    return sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
+
+
 def _save(model, out: Path) -> Path:
-    """Write under a temporary name and rename; weights past protobuf's limit go to ``<out>.data``."""
+    """Write under a temporary name and rename; weights past protobuf's limit go to ``<out>.<token>.data``.
+
+    The weights file has a name of its own each time, written before the graph that names it is renamed into
+    place, so a kill at any moment leaves either the old graph with its old weights or the new with its new;
+    stale weights files are removed after the switch. Both get the permissions a plain new file gets."""
     import onnx
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     big = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
-    data = out.with_name(out.name + ".data")
-    if big:  # the .data file's name is written inside the graph, so it is renamed into place first
-        onnx.save(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=f".{data.name}.tmp")
-        model = onnx.load(str(tmp), load_external_data=False)
-        for tensor in model.graph.initializer:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = data.name
-        out.with_name(f".{data.name}.tmp").replace(data)
+    data = out.with_name(f"{out.name}.{uuid.uuid4().hex[:12]}.data") if big else None
+    # no onnx.checker pass: build loads and runs the graph in ONNX Runtime right after, which checks more
+    if data is not None:
+        onnx.save(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+        _fsync(data)
+    else:
         onnx.save(model, str(tmp))
-    else:  # no onnx.checker pass: build loads and runs the graph in ONNX Runtime right after, which checks more
-        onnx.save(model, str(tmp))
-        data.unlink(missing_ok=True)
+    for path in (tmp, data):
+        if path is not None:
+            os.chmod(path, _new_file_mode())
+    _fsync(tmp)
     tmp.replace(out)
+    for stale in out.parent.glob(f"{out.name}.*data"):
+        if data is None or stale.name != data.name:
+            stale.unlink(missing_ok=True)
     return out
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _new_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask

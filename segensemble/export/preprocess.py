@@ -24,9 +24,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from segensemble.errors import PlanError
+from segensemble.errors import PlanError, first_line
+from segensemble.files import open_regular
 from segensemble.extras import missing_extra
 from segensemble.plan import MemberSpec
+from segensemble.yaml_guard import load_yaml
 
 MAX_TRANSFORM_BYTES = 1 << 20
 LINEAR, BORDER_CONSTANT = 1, 0  # cv2.INTER_LINEAR, cv2.BORDER_CONSTANT
@@ -39,19 +41,34 @@ def load_transforms(path: Path, where: str) -> list:
         import albumentations as A
     except ImportError as exc:
         raise missing_extra(exc, f"{where} (an albumentations transform)") or exc from None
-    if not path.is_file():
+    if not path.exists():
         raise PlanError(f"{where}: {path}: no such file")
-    if path.stat().st_size > MAX_TRANSFORM_BYTES:
-        raise PlanError(f"{where}: {path}: larger than {MAX_TRANSFORM_BYTES} bytes; not a saved transform")
+    with open_regular(path, MAX_TRANSFORM_BYTES, lambda reason: PlanError(f"{where}: {path}: {reason}")) as fh:
+        text = fh.read().decode("utf-8", errors="replace")
+    # parsed here, not by A.load: the plan's YAML guard (alias bombs) applies to this file too
+    data = load_yaml(text, f"{where}: {path}") if path.suffix in (".yaml", ".yml") else _json(text, f"{where}: {path}")
+    if not isinstance(data, dict):
+        raise PlanError(f"{where}: {path}: not a transform saved by A.save (expected a mapping)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # albumentations warns about arguments older versions saved
-            compose = A.load(str(path), data_format="yaml" if path.suffix in (".yaml", ".yml") else "json")
+            compose = A.from_dict(data)
+    except RecursionError:
+        raise PlanError(f"{where}: {path}: the transform is nested too deeply") from None
     except Exception as exc:  # its loader raises KeyError/ValueError/TypeError with terse messages
         raise PlanError(f"{where}: {path}: not a transform saved by A.save ({type(exc).__name__}: {exc})") from None
     if type(compose).__name__ != "Compose" or not math.isclose(getattr(compose, "p", 1.0), 1.0):
         raise PlanError(f"{where}: {path}: expected an A.Compose applied always (p=1)")
     return list(compose.transforms)
+
+
+def _json(text: str, where: str):
+    import json
+
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise PlanError(f"{where}: not a transform saved by A.save: not valid JSON ({first_line(exc)})") from None
 
 
 def read_preprocess(path: Path, where: str) -> dict:

@@ -123,10 +123,9 @@ def export_triton(build_dir: str | Path, repo: str | Path, opts: TritonOptions =
         written = []
         for profile in [None, *manifest.profiles]:
             name = "segensemble" if profile is None else safe_name(f"segensemble_{profile}")
-            graph = build_dir / manifest.graph_entry(profile).file
-            if not graph.is_file():
-                raise SegEnsembleError(f"{graph}: the build's ensemble graph is missing; rerun `ensemble build plan.yaml -o {build_dir}`")
-            written.append(_write_model(staging / name, _graph_config(name, graph, opts), graph))
+            entry = manifest.graph_entry(profile)
+            graph = entry.verify(build_dir)  # missing or altered files are refused here, not in Triton
+            written.append(_write_model(staging / name, _graph_config(name, graph, opts), graph, list(entry.data)))
         _replace_folder(staging, repo)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -152,12 +151,11 @@ def _replace_folder(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_model(folder: Path, config: str, onnx_file: Path) -> Path:
+def _write_model(folder: Path, config: str, onnx_file: Path, data: list[str]) -> Path:
     check = validate_config(config, str(folder))
     (folder / "1").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_file, folder / "1" / "model.onnx")
-    data = onnx_file.with_name(onnx_file.name + ".data")
-    if data.exists():  # weights past protobuf's limit live beside the graph under this name
-        shutil.copyfile(data, folder / "1" / data.name)
+    for name in data:  # weights past protobuf's limit live beside the graph, under the name the graph gives
+        shutil.copyfile(onnx_file.with_name(name), folder / "1" / name)
     (folder / "config.pbtxt").write_text(f"# segensemble export-triton; validated: {check}\n" + config)
     return folder / "config.pbtxt"

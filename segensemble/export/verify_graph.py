@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.errors import ExportError
-from segensemble.export.graph import GRAPH_FORMAT, build_graph, member_output, profile_file
+from segensemble.export.graph import GRAPH_FORMAT, build_graph, external_data, member_output, profile_file
 from segensemble.export.reference import Reference, bilinear
 from segensemble.manifest import GraphEntry, Manifest, Verification, file_sha256
 
@@ -43,15 +43,27 @@ def write_graphs(manifest: Manifest, build_dir: Path, previous: Manifest | None 
         key = _cache_key(manifest, profile)
         target = build_dir / profile_file(profile)
         old = (previous.graphs.get(profile or "") if previous else None)
-        if old and old.cache_key == key and target.is_file() and file_sha256(target) == old.sha256:
+        if old and old.cache_key == key and _intact(old, build_dir):
             entries[profile or ""] = old
             continue
         progress(f"graph: writing {target.name} ({'profile ' + profile if profile else 'the whole plan'}) and verifying it")
         build_graph(manifest, build_dir, target, profile=profile, cache_key=key)
         reference = reference or Reference(build_dir)
         figures = verify(target, manifest.profile(profile), reference, thorough=profile is None)
-        entries[profile or ""] = GraphEntry(file=target.name, sha256=file_sha256(target), cache_key=key, verified=figures)
+        data = {name: file_sha256(build_dir / name) for name in external_data(target)}
+        entries[profile or ""] = GraphEntry(file=target.name, sha256=file_sha256(target), cache_key=key, verified=figures, data=data)
     return entries
+
+
+def _intact(entry: GraphEntry, build_dir: Path) -> bool:
+    """An earlier build's graph and its weights files are all there, unchanged."""
+    from segensemble.errors import SegEnsembleError
+
+    try:
+        entry.verify(build_dir)
+    except SegEnsembleError:
+        return False
+    return True
 
 
 def verify(graph: Path, manifest: Manifest, reference: Reference, thorough: bool = True) -> Verification:

@@ -17,8 +17,6 @@ The rules (README, "Limits and safety"):
 from __future__ import annotations
 
 import io
-import os
-import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from typing import BinaryIO
 import numpy as np
 
 from segensemble.errors import ImageError
+from segensemble.files import open_regular
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")  # Pillow's names; every other format is refused by content
@@ -53,8 +52,12 @@ def find_images(root: str | Path) -> tuple[list[ImageRef], list[Path]]:
         raise ImageError(str(root), "not a directory of images")
     refs, others = [], []
     for p in sorted(root.rglob("*")):
-        if p.is_file():
-            (refs.append(ImageRef(p.relative_to(root).as_posix(), p)) if p.suffix.lower() in IMAGE_SUFFIXES else others.append(p))
+        if p.is_dir():
+            continue
+        if p.suffix.lower() in IMAGE_SUFFIXES:  # FIFOs and devices with an image's name too: the reader refuses them by name
+            refs.append(ImageRef(_check_utf8(p.relative_to(root).as_posix()), p))
+        else:
+            others.append(p)
     if not refs:
         raise ImageError(str(root), f"no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     return refs, others
@@ -65,44 +68,22 @@ def list_images(root: str | Path) -> list[ImageRef]:
     return find_images(root)[0]
 
 
+def _check_utf8(name: str) -> str:
+    """A name that is not UTF-8 (kept by Python as surrogates) cannot go into a CSV or JSON output."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        raise ImageError(ascii(name), "the file name is not valid UTF-8; rename it (outputs name images in UTF-8)") from None
+
+
 Admit = Callable[[tuple[int, int]], None]  # sees (H, W) from the header, raises ImageError to refuse
 
 
 def read_image(path: str | Path, max_pixels: int | None = None, admit: Admit | None = None) -> np.ndarray:
     """Read a regular file as RGB uint8 (H, W, 3); the header is checked before the body is read."""
-    with open_regular(path, MAX_FILE_BYTES) as fh:
+    with open_regular(path, MAX_FILE_BYTES, lambda reason: ImageError(str(path), reason)) as fh:
         return _decode(fh, str(path), max_pixels, admit)
-
-
-def open_regular(path: str | Path, max_bytes: int) -> BinaryIO:
-    """``path`` opened for reading if it is a regular file of at most ``max_bytes``; ImageError naming it otherwise.
-
-    Opened non-blocking, so a FIFO cannot hang the caller before it is recognised; ``/dev/zero`` and other
-    devices are refused by their type, not read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise ImageError(str(path), f"cannot read ({exc.strerror or exc})") from exc
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageError(str(path), f"not a regular file ({_kind(info.st_mode)}); refused")
-        if info.st_size > max_bytes:
-            raise ImageError(str(path), f"{info.st_size} bytes exceeds the limit of {max_bytes} for one file")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
-        if test(mode):
-            return name
-    return "not a plain file"
 
 
 def header_size(data: bytes, source: str) -> tuple[int, int]:

@@ -9,12 +9,14 @@ name when the run completes; ``--resume`` continues a partial file after its las
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from segensemble.errors import SegEnsembleError
+from segensemble.formats.atomic import write_bytes_atomic
 
 HEADER = ["image_id", "PredictionString"]
 
@@ -29,6 +31,24 @@ def partial_path(csv_path: Path) -> Path:
     return Path(csv_path).with_name(Path(csv_path).name + ".partial")
 
 
+def _complete_rows(text: str) -> list[list[str]]:
+    """The CSV's rows as the csv module reads them (names may hold any character, newlines included, quoted),
+    up to the last complete one."""
+    rows = []
+    try:
+        for row in csv.reader(io.StringIO(text, newline=""), strict=True):
+            rows.append(row)
+    except csv.Error:  # a row torn inside a quoted field
+        pass
+    return rows
+
+
+def _rows_text(rows: list[list[str]]) -> str:
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
 class SubmissionWriter:
     """Appends rows in input order; ``done`` holds the ids already written when resuming."""
 
@@ -37,7 +57,7 @@ class SubmissionWriter:
         self.partial = partial_path(self.target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.done: list[str] = self._recover() if resume else []
-        self._fh = open(self.partial, "a" if self.done else "w", newline="")
+        self._fh = open(self.partial, "a" if self.done else "w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._fh, lineterminator="\n")
         if not self.done:
             self._csv.writerow(HEADER)
@@ -47,17 +67,16 @@ class SubmissionWriter:
         source = self.partial if self.partial.exists() else self.target if self.target.exists() else None
         if source is None:
             return []
-        text = source.read_bytes().decode()
-        if not text.endswith("\n"):  # an interrupted last row is dropped
-            text = text[: text.rfind("\n") + 1]
-        rows = list(csv.reader(text.splitlines()))
+        data = source.read_bytes()
+        data = data[: data.rfind(b"\n") + 1]  # an interrupted last row is dropped (before decoding: it may end mid-character)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SegEnsembleError(f"{source}: cannot resume, byte {exc.start} is not UTF-8 (not a file this tool wrote)") from None
+        rows = _complete_rows(text)
         if not rows or rows[0] != HEADER:
             raise SegEnsembleError(f"{source}: cannot resume, not a submission file (header {rows[:1]})")
-        if source != self.partial:
-            self.partial.write_bytes(text.encode())
-        else:
-            with open(self.partial, "r+") as fh:
-                fh.truncate(len(text.encode()))
+        write_bytes_atomic(self.partial, _rows_text(rows).encode())
         return [r[0] for r in rows[1:]]
 
     def check_order(self, image_ids: list[str]) -> None:

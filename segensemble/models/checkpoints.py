@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from segensemble.errors import CheckpointError, first_line
+from segensemble.files import open_regular
 from segensemble.manifest import file_sha256
 from segensemble.models.registry import ModelSpec, create_model, resolve_arch
+from segensemble.plan import MAX_CLASSES, check_model_kwargs
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 _PREFIXES = ("module.", "model.")
@@ -53,6 +55,7 @@ def load_checkpoint(path: str | Path, spec: PartialSpec | ModelSpec | None = Non
     spec = _as_partial(spec)
     if path.is_dir():
         return _load_smp_dir(path, spec)
+    open_regular(path, fail=lambda reason: CheckpointError(f"{path}: {reason}")).close()  # torch.load would hang on a FIFO
     return _load_file(path, spec, trust_pickle)
 
 
@@ -70,18 +73,31 @@ def _load_smp_dir(path: Path, want: PartialSpec) -> LoadedModel:
         raise CheckpointError(f"{path}: a checkpoint directory must be an smp save_pretrained folder with config.json")
     try:
         config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_file}: not valid JSON ({exc})") from exc
-    carried = ModelSpec(
-        arch=config.get("_model_class", ""),
-        encoder=config.get("encoder_name", ""),
-        classes=int(config.get("classes", 1)),
-        in_channels=int(config.get("in_channels", 3)),
-        extra={k: v for k, v in config.items() if k not in _SMP_CONFIG_SKIP and v is not None},
-    )
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{config_file}: not valid JSON ({first_line(exc)})") from exc
+    carried = _carried_spec(config, config_file)
     _check_agrees(path, want, carried)
     state = _read_dir_weights(path)
     return _build_and_load(path, carried, state, "smp_dir")
+
+
+def _carried_spec(config, config_file: Path) -> ModelSpec:
+    """The model an smp config.json describes; odd types or sizes are one-line errors naming the file."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object (smp's save_pretrained config)")
+    extra = {k: v for k, v in config.items() if k not in _SMP_CONFIG_SKIP and v is not None}
+    try:
+        arch, encoder = config.get("_model_class", ""), config.get("encoder_name", "")
+        classes, in_channels = config.get("classes", 1), config.get("in_channels", 3)
+        if not (isinstance(arch, str) and isinstance(encoder, str)):
+            raise ValueError("_model_class and encoder_name must be strings")
+        for name, value in (("classes", classes), ("in_channels", in_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CLASSES:
+                raise ValueError(f"{name} must be an integer in 1..{MAX_CLASSES} (got {value!r})")
+        check_model_kwargs(extra)
+    except ValueError as exc:
+        raise CheckpointError(f"{config_file}: {exc}") from None
+    return ModelSpec(arch=arch, encoder=encoder, classes=classes, in_channels=in_channels, extra=extra)
 
 
 def _read_dir_weights(path: Path) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from segensemble.errors import CheckpointError
+from segensemble.errors import CheckpointError, first_line
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,6 @@ def create_model(spec: ModelSpec):
             classes=spec.classes,
             **spec.extra,
         )
-    except (KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"cannot build {spec.describe()}: {exc}") from exc
+    except (KeyError, ValueError, TypeError, AttributeError, AssertionError, IndexError, RuntimeError) as exc:  # smp's own checks
+        raise CheckpointError(f"cannot build {spec.describe()}: {first_line(exc)}") from None
     return model.eval()

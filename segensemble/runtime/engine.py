@@ -22,7 +22,7 @@ from segensemble.cost import Budget, Cost, image_cost
 from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.export.graph import member_output
 from segensemble.formats.images import ImageRef, read_image
-from segensemble.manifest import Manifest, MemberEntry, read_manifest, verify_file
+from segensemble.manifest import Manifest, MemberEntry, read_manifest
 from segensemble.runtime.sessions import GraphSession, RunControl, RuntimeOptions, open_graph
 
 LABELS, PROBS, MEMBERS = "labels", "probs", "members"
@@ -67,8 +67,7 @@ class Engine:
         self.workers = max(1, workers)  # batches in flight in stream()
         self._graphs = graphs if graphs is not None else {}  # profile -> session, shared by with_profile views
         if profile not in self._graphs:
-            entry = manifest.graph_entry(profile)
-            path = verify_file(self.build_dir, entry.file, entry.sha256)
+            path = manifest.graph_entry(profile).verify(self.build_dir)
             graph = open_graph(path, options, trt_default_profile(self.manifest, self.max_batch))
             _check_classes(graph, self.manifest.classes)
             self._graphs[profile] = graph

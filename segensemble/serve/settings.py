@@ -49,6 +49,16 @@ class ServeSettings(BaseSettings):
         return int(self.max_body_mb * 1024 * 1024)
 
     @classmethod
+    def from_flags(cls, **values) -> ServeSettings:
+        """Settings from `ensemble serve`'s flags; a bad value is a one-line error naming its flag."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "settings"
+            raise SegEnsembleError(f"{flag}: {err['msg']} (got {err.get('input')!r})") from None
+
+    @classmethod
     def from_env(cls) -> ServeSettings:
         try:
             return cls()
