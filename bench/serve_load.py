@@ -1,15 +1,20 @@
-"""Load test of `ensemble serve` on loopback: throughput and p50/p95/p99 latency at concurrency 1, 4, 16,
-with batching (--max-batch 8), without (--max-batch 1), and with two engine
-workers of one ONNX Runtime thread each (--workers 2 --threads 1). Bounded: --requests per level, --seconds cap.
+"""Load test of `ensemble serve` on loopback under overload: goodput (answers in time per second), early
+refusals (503 + Retry-After), timeouts (504) and p50/p95 latency of the answers, at concurrency 1, 4 and 16,
+with a CPU hog beside the server (a busy machine). Each client sends its next request when the last is
+answered; after a 503 it waits the Retry-After it was given (capped at 1 s), as a well-behaved client does.
 
 Builds its own small ensemble (random weights, no downloads) unless --build is given.
-Usage: python bench/serve_load.py [--requests 48] [--size 256] [--build DIR]
+Usage: python bench/serve_load.py [--seconds 30] [--size 384] [--timeout-s 5] [--hogs 1] [--build DIR]
+Set SERVER_PYTHONPATH to serve another checkout's code with the same build (a before/after comparison).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
+import os
+import platform
 import socket
 import subprocess
 import sys
@@ -51,8 +56,10 @@ def start(build: Path, flags: list[str]):
     import httpx
 
     port = _port()
+    env = {**os.environ, "PYTHONPATH": os.environ["SERVER_PYTHONPATH"]} if os.environ.get("SERVER_PYTHONPATH") else None
     proc = subprocess.Popen([sys.executable, "-m", "segensemble.cli", "serve", "--build", str(build), "--port", str(port),
-                             "--max-queue", "256", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            cwd=build.parent)  # not this checkout's folder: `python -m` would import from it first
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -65,39 +72,63 @@ def start(build: Path, flags: list[str]):
     raise RuntimeError("server did not start")
 
 
-def load(url: str, payloads: list[bytes], concurrency: int, requests: int, seconds: float) -> dict:
+def load(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> dict:
     import httpx
 
-    latencies, statuses = [], []
+    records = []  # (status, seconds)
+    reasons: dict[str, int] = {}
     stop_at = time.perf_counter() + seconds
     with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
-        def one(i: int):
-            if time.perf_counter() > stop_at:
-                return None
-            t = time.perf_counter()
-            r = client.post(f"{url}/segment", content=payloads[i % len(payloads)], headers={"Content-Type": "image/png"})
-            return time.perf_counter() - t, r.status_code
+        def client_loop(k: int) -> None:
+            i = k
+            while time.perf_counter() < stop_at:
+                t = time.perf_counter()
+                r = client.post(f"{url}/segment", content=payloads[i % len(payloads)], headers={"Content-Type": "image/png"})
+                records.append((r.status_code, time.perf_counter() - t))
+                if r.status_code != 200:
+                    reasons[f"{r.status_code} {r.text[:70]}"] = reasons.get(f"{r.status_code} {r.text[:70]}", 0) + 1
+                i += concurrency
+                if r.status_code == 503:
+                    time.sleep(min(1.0, float(r.headers.get("retry-after", "1"))))
 
         client.post(f"{url}/segment", content=payloads[0], headers={"Content-Type": "image/png"})  # warm connection
         start_t = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
-            for result in pool.map(one, range(requests)):
-                if result:
-                    latencies.append(result[0])
-                    statuses.append(result[1])
+            list(pool.map(client_loop, range(concurrency)))
         wall = time.perf_counter() - start_t
-    lat = np.array(latencies) * 1000
-    return {"done": len(statuses), "ok": statuses.count(200), "lost": len(statuses) - statuses.count(200),
-            "rps": len(statuses) / wall, "p50": np.percentile(lat, 50), "p95": np.percentile(lat, 95), "p99": np.percentile(lat, 99)}
+    ok = np.array([s for c, s in records if c == 200]) * 1000
+    codes = [c for c, _ in records]
+    return {"goodput": len(ok) / wall, "ok": len(ok), "503": codes.count(503), "504": codes.count(504),
+            "other": len(codes) - len(ok) - codes.count(503) - codes.count(504),
+            "p50": np.percentile(ok, 50) if len(ok) else float("nan"), "p95": np.percentile(ok, 95) if len(ok) else float("nan"),
+            "reasons": reasons}
+
+
+def _hog(stop) -> None:
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
+def cpu_line() -> str:
+    model, flags = platform.processor() or "?", ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        flags = next(line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags"))
+        flags = " ".join(f for f in flags if f.startswith(("avx", "amx")))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU: {model}, {os.cpu_count()} logical cores; {flags}"
 
 
 def main() -> None:
     from PIL import Image
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=48, help="requests per concurrency level (default 48)")
-    ap.add_argument("--seconds", type=float, default=120, help="cap per level (default 120)")
-    ap.add_argument("--size", type=int, default=256, help="image side and member input size (default 256)")
+    ap.add_argument("--seconds", type=float, default=30, help="seconds per concurrency level (default 30)")
+    ap.add_argument("--size", type=int, default=384, help="image side and member input size (default 384)")
+    ap.add_argument("--timeout-s", type=float, default=5.0, help="the server's deadline per request (default 5)")
+    ap.add_argument("--hogs", type=int, default=1, help="CPU-bound processes running beside the server (default 1)")
     ap.add_argument("--build", type=Path, help="serve this build instead of making one")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -106,24 +137,29 @@ def main() -> None:
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (args.size, args.size, 3), dtype=np.uint8)).save(buf, format="PNG")
         payloads.append(buf.getvalue())
+    print(cpu_line())
     with tempfile.TemporaryDirectory() as tmp:
         build = args.build or make_build(Path(tmp), args.size)
-        print(f"{args.requests} requests per level, {args.size}x{args.size} PNG, loopback, 127.0.0.1")
-        print(f"{'batching':<26}{'conc':>5}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'lost':>6}")
-        configs = (("on (8)", ["--max-batch", "8"]), ("off (1)", ["--max-batch", "1"]),
-                   ("on, 2 workers x 1 thread", ["--max-batch", "8", "--workers", "2", "--threads", "1"]))
-        for label, flags in configs:
-            proc, url = start(build, flags)
-            try:
-                base = None
-                for conc in (1, 4, 16):
-                    r = load(url, payloads, conc, args.requests, args.seconds)
-                    base = base or r["rps"]
-                    print(f"{label:<26}{conc:>5}{r['rps']:>8.2f}{r['p50']:>9.0f}{r['p95']:>9.0f}{r['p99']:>9.0f}{r['lost']:>6}"
-                          f"   ({r['rps'] / base:.2f}x conc 1)")
-            finally:
-                proc.terminate()
-                proc.wait(30)
+        stop = multiprocessing.Event()
+        hogs = [multiprocessing.Process(target=_hog, args=(stop,), daemon=True) for _ in range(args.hogs)]
+        for h in hogs:
+            h.start()
+        print(f"{args.seconds:g} s per level, {args.size}x{args.size} PNG, --timeout-s {args.timeout_s:g}, {args.hogs} CPU hog(s), "
+              f"server code: {os.environ.get('SERVER_PYTHONPATH') or 'this checkout'}")
+        print(f"{'conc':>5}{'goodput/s':>11}{'200':>6}{'503':>6}{'504':>6}{'other':>6}{'p50 ms':>9}{'p95 ms':>9}")
+        proc, url = start(build, ["--timeout-s", str(args.timeout_s)])
+        try:
+            for conc in (1, 4, 16):
+                r = load(url, payloads, conc, args.seconds)
+                print(f"{conc:>5}{r['goodput']:>11.2f}{r['ok']:>6}{r['503']:>6}{r['504']:>6}{r['other']:>6}{r['p50']:>9.0f}{r['p95']:>9.0f}")
+                for reason, count in sorted(r["reasons"].items(), key=lambda kv: -kv[1])[:3]:
+                    print(f"{'':>7}{count} x {reason}")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            stop.set()
+            for h in hogs:
+                h.join()
 
 
 if __name__ == "__main__":

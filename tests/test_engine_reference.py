@@ -121,15 +121,16 @@ def test_oracle_bilinear_is_cv2_inter_linear():
 
 
 def test_weights_past_the_protobuf_limit_go_beside_the_graph(built, engine, data, tmp_path, monkeypatch):
-    """Forced with a zero threshold: the graph keeps its weights in ensemble.onnx.data and computes the same."""
+    """Forced with a zero threshold: the graph keeps its weights in ensemble.onnx.<token>.data and computes the same."""
     import shutil
 
     from segensemble.export import graph
 
     monkeypatch.setattr(graph, "EXTERNAL_DATA_BYTES", 0)
     out = graph.build_graph(read_manifest(built["dir"]), built["dir"], tmp_path / "big" / "ensemble.onnx")
-    assert (tmp_path / "big" / "ensemble.onnx.data").stat().st_size > 10 * out.stat().st_size
-    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["ensemble.onnx", "ensemble.onnx.data"]  # no temporaries left
+    (data_name,) = graph.external_data(out)
+    assert (tmp_path / "big" / data_name).stat().st_size > 10 * out.stat().st_size
+    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["ensemble.onnx", data_name]  # no temporaries left
     moved = tmp_path / "moved"
     shutil.copytree(tmp_path / "big", moved)  # the two files travel together
     image = _images(data)["odd"]

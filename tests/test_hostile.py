@@ -137,11 +137,11 @@ def test_queue_places_are_taken_before_decoding(built):
 
     async def scenario():
         batcher = Batcher(Engine.from_build(built["dir"]), max_batch=2, window_s=0.0, max_queue=2)
-        batcher.admit()
+        first = batcher.admit()
         batcher.admit()
         with pytest.raises(QueueFull):
             batcher.admit()
-        batcher.release()
+        batcher.release(first)
         batcher.admit()
         return batcher.depth
 
@@ -164,14 +164,13 @@ def test_a_failed_call_fails_its_requests_once_and_is_not_run_again(built):
         batcher = Batcher(engine, max_batch=4, window_s=0.2, max_queue=4)
         batcher.start()
         bad = np.zeros((32, 32, 4), np.uint8)
-        for _ in range(2):
-            batcher.admit()
-        results = await asyncio.gather(*(batcher.submit(bad, frozenset({"labels"}), 30) for _ in range(2)), return_exceptions=True)
+        tickets = [batcher.admit(0.01, time.monotonic() + 30) for _ in range(2)]
+        results = await asyncio.gather(*(batcher.submit(t, bad, frozenset({"labels"})) for t in tickets), return_exceptions=True)
         await batcher.stop()
-        return results
+        return results, batcher.depth
 
-    results = asyncio.run(scenario())
-    assert all(isinstance(r, Exception) for r in results) and calls == [2]
+    results, depth = asyncio.run(scenario())
+    assert all(isinstance(r, Exception) for r in results) and calls == [2] and depth == 0
 
 
 def test_a_cancelled_run_stops_and_the_engine_stays_usable(built):
@@ -212,7 +211,7 @@ def test_predict_names_an_absurd_image_and_skip_bad_skips_it(built, data, tmp_pa
 def _slow_upload(url: str, sent: bytes = b"\x89PNG") -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)))
-    sock.sendall(b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n" + sent)
+    sock.sendall(b"POST /segment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n" + sent)
     return sock
 
 

@@ -411,3 +411,158 @@ def test_a_file_name_that_is_not_utf8_is_a_one_line_error(built, data, tmp_path)
     os.rename(images / sorted(os.listdir(images))[0], os.fsencode(images) + b"/\xff\xfe.png")
     done = _cli("predict", images, "--build", built["dir"], "-o", tmp_path / "s.csv", "--quiet")
     assert done.returncode == 2 and "not valid UTF-8" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+# serving: admission by measured service time, memory per batched call ----------------------------------------
+def test_admission_refuses_early_what_cannot_finish_by_its_deadline(engine):
+    import time
+
+    from segensemble.serve.batching import Batcher, QueueFull
+
+    batcher = Batcher(engine, max_batch=8, window_s=0.0, max_queue=64)
+    now = time.monotonic()
+    batcher.admit(1.0, now + 0.5)  # nothing measured yet: admitted on the queue bound alone
+    batcher.clock.record(seconds=2.0, work=2.0)  # 1 s per megapixel-view
+    second = batcher.admit(1.0, now + 2.5)  # waits 1 s behind the first, runs 1 s: in time
+    with pytest.raises(QueueFull) as refused:
+        batcher.admit(1.0, now + 2.5)  # would wait 2 s, run 1 s: past its deadline
+    assert "overloaded" in refused.value.reason and refused.value.retry_after_s >= 2.0
+    batcher.release(second)
+    batcher.admit(1.0, now + 2.5)  # a place freed is a place given
+    assert batcher.batch_limit(1.0, time.monotonic() + 30) == 7  # a quarter of 30 s at 1 s each
+    assert batcher.batch_limit(1.0, time.monotonic() + 3) == 1  # slow images are not batched into a timeout
+    assert batcher.batch_limit(0.001, time.monotonic() + 30) == 8  # fast ones up to --max-batch
+
+
+def test_memory_budget_is_counted_per_batched_call(built):
+    from segensemble.cost import Budget
+    from segensemble.runtime.engine import Engine
+    from segensemble.serve.batching import max_images_in_memory
+
+    probe = Engine.from_build(built["dir"])
+    one = probe.cost((512, 512)).memory_mb
+    engine = Engine.from_build(built["dir"], budget=Budget(max_memory_mb=2.5 * one))
+    assert max_images_in_memory(engine, (512, 512), 8) == 2
+    assert max_images_in_memory(engine, (512, 512), 1) == 1
+    assert max_images_in_memory(Engine.from_build(built["dir"], budget=Budget(max_memory_mb=100 * one)), (512, 512), 8) == 8
+
+
+# serving: header bombs off the event loop, deadline from arrival, token, Host -----------------------------------
+def _healthz_ms(url: str) -> float:
+    import time
+
+    import httpx
+
+    start = time.perf_counter()
+    assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+    return 1000 * (time.perf_counter() - start)
+
+
+def test_header_bombs_are_refused_while_healthz_keeps_answering(built):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from test_images import chunk_bomb_png, comment_bomb_jpeg
+    from test_serve import running_server
+
+    bombs = [("image/png", chunk_bomb_png(1_600_000)), ("image/jpeg", comment_bomb_jpeg(1_250_000))] * 2  # 19 MB, 5 MB
+    with running_server(built["dir"], "--max-body-mb", "25") as (url, _):
+        with ThreadPoolExecutor(len(bombs)) as pool:
+            start = time.perf_counter()
+            sent = [pool.submit(httpx.post, f"{url}/segment", content=body, headers={"Content-Type": ctype}, timeout=60)
+                    for ctype, body in bombs]
+            worst = max(_healthz_ms(url) for _ in range(10))
+            answers = [f.result() for f in sent]
+            elapsed = time.perf_counter() - start
+    assert [a.status_code for a in answers] == [422] * len(bombs), [a.text for a in answers]
+    assert all("built to be slow to parse" in a.json()["detail"] for a in answers)
+    assert worst < 1000, f"/healthz took {worst:.0f} ms while the bombs were read"
+    assert elapsed < 20, f"{elapsed:.1f}s to refuse four bombs"
+
+
+def test_the_deadline_counts_from_arrival(built, data):
+    import time
+
+    import httpx
+    from test_serve import running_server
+
+    png = (sorted(data["test"].images.glob("*.png"))[0]).read_bytes()
+
+    def slowly():
+        for i in range(0, len(png), len(png) // 4 + 1):
+            time.sleep(0.6)
+            yield png[i:i + len(png) // 4 + 1]
+
+    with running_server(built["dir"], "--timeout-s", "1.5", "--body-timeout-s", "20") as (url, _):
+        quick = httpx.post(f"{url}/segment", content=png, headers={"Content-Type": "image/png"}, timeout=30)
+        slow = httpx.post(f"{url}/segment", content=slowly(), headers={"Content-Type": "image/png"}, timeout=30)
+    assert quick.status_code == 200
+    assert slow.status_code == 504 and ("arrival" in slow.json()["detail"] or "deadline" in slow.json()["detail"]), slow.text
+
+
+def test_token_and_host_checks(built, data):
+    import os
+
+    import httpx
+    from test_serve import running_server
+
+    png = (sorted(data["test"].images.glob("*.png"))[0]).read_bytes()
+    token = "s3cret-token-of-some-length"
+    os.environ["SEGENSEMBLE_TOKEN"] = token
+    try:
+        with running_server(built["dir"]) as (url, _):
+            post = lambda **h: httpx.post(f"{url}/segment", content=png, headers={"Content-Type": "image/png", **h}, timeout=30)
+            assert post().status_code == 401 and post(Authorization="Bearer wrong-token-xxxxxxxx").status_code == 401
+            assert post(Authorization=f"Bearer {token}").status_code == 200
+            assert httpx.get(f"{url}/metrics").status_code == 401 and httpx.get(f"{url}/healthz").status_code == 200
+            rebound = httpx.get(f"{url}/healthz", headers={"Host": "attacker.example"})
+            assert rebound.status_code == 400  # DNS rebinding: a page from attacker.example cannot read this server
+            assert post(Authorization=f"Bearer {token}", Host="localhost").status_code == 200
+    finally:
+        del os.environ["SEGENSEMBLE_TOKEN"]
+
+
+def test_binding_beyond_loopback_without_a_token_warns(built):
+    import time
+
+    from test_serve import _free_port
+
+    proc = subprocess.Popen([sys.executable, "-m", "segensemble.cli", "serve", "--build", str(built["dir"]), "--host", "0.0.0.0",
+                             "--port", str(_free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        line = ""
+        deadline = time.time() + 60
+        while "warning" not in line and time.time() < deadline and proc.poll() is None:
+            line = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert "without a token" in line, line
+
+
+def test_silent_connections_are_closed_and_healthz_recovers(built):
+    """Connections that send nothing past uvicorn's connection limit: closed after 5 s, so probes answer again."""
+    import socket
+    import time
+
+    import httpx
+    from test_serve import running_server
+
+    with running_server(built["dir"], "--max-queue", "1", "--max-uploads", "1") as (url, _):  # limit: 4 * 2 + 256 = 264
+        port = int(url.rsplit(":", 1)[1])
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
+        try:
+            time.sleep(0.5)
+            held = httpx.get(f"{url}/healthz", timeout=10).status_code
+            time.sleep(6)
+            recovered = httpx.get(f"{url}/healthz", timeout=10).status_code
+            for s in silent[:20]:
+                s.settimeout(2)
+            closed = sum(s.recv(1) == b"" for s in silent[:20])
+        finally:
+            for s in silent:
+                s.close()
+    assert held == 503  # the limit is reached while they are open
+    assert recovered == 200 and closed == 20

@@ -40,8 +40,8 @@ def test_ray_outputs_equal_local_byte_for_byte(local_ray, engine, built, data, t
     assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "local.json").read_bytes()
     assert (tmp_path / "ray.report.csv").read_bytes() == (tmp_path / "local.report.csv").read_bytes()
     for ref in refs[:-1]:
-        a = (tmp_path / "local_masks" / ref.image_id).read_bytes()
-        assert (tmp_path / "ray_masks" / ref.image_id).read_bytes() == a
+        a = (tmp_path / "local_masks" / (ref.image_id + ".png")).read_bytes()
+        assert (tmp_path / "ray_masks" / (ref.image_id + ".png")).read_bytes() == a
 
 
 def test_ray_resume_continues_the_same_partial_file(local_ray, engine, built, data, tmp_path):

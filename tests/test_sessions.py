@@ -53,7 +53,7 @@ def test_readyz_reports_the_fallback(built):
     from segensemble.serve.settings import ServeSettings
 
     app = create_app(ServeSettings(build_dir=built["dir"]))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         engine = app.state.serve.engine
         engine.graph.requested, engine.graph.active = [CUDA, CPU], [CPU]
         body = client.get("/readyz").json()

@@ -17,8 +17,9 @@ def add(sub) -> None:
     p.add_argument("images", type=Path, help="folder of images (the image root when --coco is given)")
     p.add_argument("--coco", type=Path, help="COCO json giving the images and their order (file_name relative to IMAGES)")
     p.add_argument("-o", "--output", type=Path, help="submission CSV to write (default submission.csv unless only masks/probs are asked for)")
-    p.add_argument("--save-masks", type=Path, metavar="DIR", help="also write full-size PNG label maps here")
-    p.add_argument("--save-probs", type=Path, metavar="DIR", help="also write per-image probabilities (float16 npz) here")
+    p.add_argument("--save-masks", type=Path, metavar="DIR",
+                   help="also write full-size PNG label maps here, named after each image with .png added (x.jpg -> x.jpg.png)")
+    p.add_argument("--save-probs", type=Path, metavar="DIR", help="also write per-image probabilities (float16 npz, x.jpg -> x.jpg.npz) here")
     p.add_argument("--submission-size", nargs=2, type=int, default=[256, 256], metavar=("H", "W"), help="CSV mask size (default 256 256)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run after its last written row")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed at the end) instead of stopping")

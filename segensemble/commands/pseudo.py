@@ -43,7 +43,7 @@ def add(sub) -> None:
                    "rebased onto one root, printed at the end: this one if IMAGES lies under it, else the folder holding both")
     p.add_argument("--file-prefix", default="", help="prepended to file_name in the pseudo COCO file (-o) only; the merged "
                    "file's names are rebased by themselves")
-    p.add_argument("--save-masks", type=Path, metavar="DIR", help="write kept label maps as PNG here")
+    p.add_argument("--save-masks", type=Path, metavar="DIR", help="write kept label maps as PNG here (x.jpg -> x.jpg.png)")
     p.add_argument("--report", type=Path, default=None, help="per-image report CSV (default: <output>.report.csv)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")

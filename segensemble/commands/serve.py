@@ -14,6 +14,10 @@ def add(sub) -> None:
     p.add_argument("--build", type=Path, required=True, help="build directory written by `ensemble build`")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; expose deliberately)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--token", default=None, help="require Authorization: Bearer TOKEN on /segment and /metrics (16+ characters; "
+                   "prefer the SEGENSEMBLE_TOKEN environment variable, which other users cannot read in the process list)")
+    p.add_argument("--allowed-hosts", nargs="+", default=None, metavar="HOST", help="Host header values accepted, others get "
+                   "400 (default: localhost, 127.0.0.1, ::1 when bound to loopback; any otherwise)")
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order (tensorrt, cuda, cpu)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: one per physical core)")
     p.add_argument("--workers", type=int, default=None, help="engine calls running at once (default 1: lowest latency; "
@@ -41,9 +45,10 @@ def run(args) -> int:
     fields = {"workers": args.workers, "max_batch": args.max_batch, "batch_window_ms": args.batch_window_ms, "max_queue": args.max_queue,
               "max_body_mb": args.max_body_mb, "max_pixels": args.max_pixels, "timeout_s": args.timeout_s,
               "body_timeout_s": args.body_timeout_s, "max_uploads": args.max_uploads, "max_cost": args.max_cost,
-              "max_memory_mb": args.max_memory_mb}
-    settings = ServeSettings.from_flags(build_dir=args.build, providers=tuple(args.providers) if args.providers else None,
+              "max_memory_mb": args.max_memory_mb, "token": args.token,
+              "allowed_hosts": tuple(args.allowed_hosts) if args.allowed_hosts else None}
+    settings = ServeSettings.from_flags(build_dir=args.build, host=args.host, providers=tuple(args.providers) if args.providers else None,
                                         threads=args.threads, trt_fp16=args.trt_fp16, precision=args.precision,
                                         **{k: v for k, v in fields.items() if v is not None})
-    serve(settings, host=args.host, port=args.port)
+    serve(settings, port=args.port)
     return 0

@@ -28,6 +28,7 @@ def create_app(settings: ServeSettings, engine=None):
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi_offline import FastAPIOffline
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     from segensemble.serve.metrics import Metrics
     from segensemble.serve.routes import router
@@ -57,6 +58,7 @@ def create_app(settings: ServeSettings, engine=None):
     app = FastAPIOffline(title="segensemble", version=_version(), lifespan=lifespan,
                   description="Semantic segmentation by a soft-voting ensemble: the same engine as `ensemble predict`.")
     app.state.serve = ServeState(settings, Metrics.create())
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts)  # DNS rebinding: 400 for other names
     app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.openapi = lambda: _openapi(app, settings)

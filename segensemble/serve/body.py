@@ -52,7 +52,7 @@ async def _multipart_file(request: Request, body: bytes) -> tuple[bytes, str]:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await StarletteRequest(request.scope, receive).form(max_files=1, max_fields=8)
+        form = await StarletteRequest(request.scope, receive).form(max_files=1, max_fields=64)
     except Exception as exc:  # malformed multipart
         raise HTTPException(400, f"malformed multipart body ({exc})") from None
     upload = form.get("file")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
@@ -15,7 +17,8 @@ from segensemble.formats.coco import class_rles
 from segensemble.formats.images import decode_image, header_size
 from segensemble.formats.masks import encode_png, encode_probs
 from segensemble.runtime.engine import LABELS, PROBS, Want
-from segensemble.serve.batching import Batcher, DeadlineExceeded, QueueFull
+from segensemble.serve.access import require_token
+from segensemble.serve.batching import Batcher, DeadlineExceeded, QueueFull, Ticket
 from segensemble.serve.body import ClientGone, read_image_bytes
 from segensemble.serve.schemas import ErrorBody, Ready, SegmentJson
 from segensemble.serve.settings import ServeSettings
@@ -33,14 +36,16 @@ Profile = Annotated[str | None, Query(
     description="a lighter profile named in the build's plan (profiles:), e.g. fewer TTA views; default: the whole ensemble")]
 
 _ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in {
-    400: "empty body, or a multipart body without a `file` field",
+    400: "empty body, a multipart body without a `file` field, or a Host header the server does not accept",
+    401: "the server has a token and the request lacks it (Authorization: Bearer <token>)",
     408: "the body did not arrive within the server's body timeout",
     413: "body larger than the server's limit",
     415: "content type is neither an image type nor multipart/form-data",
     422: "undecodable or truncated image, more pixels than the server's limit, an image whose estimated cost exceeds "
          "the budget (--max-cost, --max-memory-mb), or an invalid query parameter",
-    503: "queue full or too many uploads in progress (see Retry-After), or not ready yet",
-    504: "the request waited past its deadline",
+    503: "queue full, overloaded (the work admitted would keep this request past its deadline), or too many uploads "
+         "in progress (see Retry-After), or not ready yet",
+    504: "not answered within the server's deadline, counted from the request's arrival",
 }.items()}
 
 _BODY_DOC = {"requestBody": {"required": True, "content": {
@@ -69,7 +74,7 @@ async def readyz(state: State, response: Response) -> Ready:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse, dependencies=[Depends(require_token)],
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}})
 async def metrics(state: State) -> Response:
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
@@ -79,10 +84,11 @@ async def metrics(state: State) -> Response:
     200: {"model": SegmentJson, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
                                             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
           "description": "by `format`: image/png (png), application/json (json), application/octet-stream (probs)"},
-    **_ERRORS}, openapi_extra=_BODY_DOC)
+    **_ERRORS}, openapi_extra=_BODY_DOC, dependencies=[Depends(require_token)])
 async def segment(request: Request, state: State, fmt: Format = "png", profile: Profile = None) -> Response:
     settings = state.settings
     started, status = time.perf_counter(), 500
+    deadline = time.monotonic() + settings.timeout_s  # counted from arrival: upload, header, decode, queue and run
     try:
         if not state.ready:
             raise HTTPException(503, "not ready yet", headers={"Retry-After": str(settings.retry_after_s)})
@@ -90,8 +96,13 @@ async def segment(request: Request, state: State, fmt: Format = "png", profile: 
         if batcher is None:
             raise HTTPException(422, f"unknown profile {profile!r}; this build has {sorted(p for p in state.batchers if p) or 'none'}")
         data, source = await _receive(state, settings, request)
-        image = await _admit_and_decode(settings, batcher, data, source)
-        prediction = await _run(state, settings, batcher, image, _WANT[fmt])
+        ticket = await _admit(settings, batcher, data, source, deadline)
+        try:
+            image = await _off_loop(deadline, decode_image, data, source, settings.max_pixels)
+        except BaseException:
+            batcher.release(ticket)
+            raise
+        prediction = await _run(state, settings, batcher, ticket, image, _WANT[fmt])
         response = await run_in_threadpool(_render, prediction, fmt, state.engine.classes)
         status = 200
         return response
@@ -120,37 +131,40 @@ async def _receive(state: ServeState, settings: ServeSettings, request: Request)
         state.uploads -= 1
 
 
-async def _admit_and_decode(settings: ServeSettings, batcher: Batcher, data: bytes, source: str):
-    """Header checks (pixels, the ensemble's cost budget) and a queue place before any pixel is decoded."""
+async def _off_loop(deadline: float, fn, *args):
+    """``fn(*args)`` in the thread pool, never on the event loop; 504 at the deadline, 422 for a bad image."""
     try:
-        hw = header_size(data, source)
-        if hw[0] * hw[1] > settings.max_pixels:
-            raise ImageError(source, f"{hw[1]}x{hw[0]} = {hw[0] * hw[1]} pixels exceeds the limit of {settings.max_pixels}")
+        return await asyncio.wait_for(run_in_threadpool(fn, *args), max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        raise HTTPException(504, "the image was not decoded before the request's deadline") from None
+    except ImageError as exc:
+        raise HTTPException(422, f"{exc.source}: {exc.reason}") from None
+
+
+async def _admit(settings: ServeSettings, batcher: Batcher, data: bytes, source: str, deadline: float) -> Ticket:
+    """Header checks (pixels, the ensemble's cost budget) and a place in the queue, before any pixel is decoded;
+    a request the admitted work would keep past its deadline is refused now (503), not timed out later."""
+    hw = await _off_loop(deadline, header_size, data, source)
+    if hw[0] * hw[1] > settings.max_pixels:
+        raise HTTPException(422, f"{source}: {hw[1]}x{hw[0]} = {hw[0] * hw[1]} pixels exceeds the limit of {settings.max_pixels}")
+    try:
         batcher.engine.admit(hw, source)
     except ImageError as exc:
         raise HTTPException(422, f"{source}: {exc.reason}") from None
     try:
-        batcher.admit()
-    except QueueFull:
-        raise HTTPException(503, f"queue full ({settings.max_queue} waiting); retry later",
-                            headers={"Retry-After": str(settings.retry_after_s)}) from None
-    try:
-        return await run_in_threadpool(decode_image, data, source, settings.max_pixels)
-    except ImageError as exc:
-        batcher.release()
-        raise HTTPException(422, f"{source}: {exc.reason}") from None
-    except BaseException:
-        batcher.release()
-        raise
+        return batcher.admit(batcher.engine.cost(hw).megapixel_views, deadline)
+    except QueueFull as exc:
+        retry = max(settings.retry_after_s, math.ceil(exc.retry_after_s))
+        raise HTTPException(503, f"{exc.reason}; retry later", headers={"Retry-After": str(retry)}) from None
 
 
-async def _run(state: ServeState, settings: ServeSettings, batcher: Batcher, image, want: Want):
+async def _run(state: ServeState, settings: ServeSettings, batcher: Batcher, ticket: Ticket, image, want: Want):
     """The batched engine call, its failures turned into the conventional statuses."""
     state.metrics.queue_depth.set(batcher.depth)
     try:
-        return await batcher.submit(image, want, settings.timeout_s)
+        return await batcher.submit(ticket, image, want)
     except DeadlineExceeded:
-        raise HTTPException(504, f"not answered within {settings.timeout_s:g}s") from None
+        raise HTTPException(504, f"not answered within {settings.timeout_s:g}s of its arrival") from None
     except SegEnsembleError as exc:  # e.g. a size a fixed-shape member cannot take
         raise HTTPException(422, str(exc)) from None
     except Exception:

@@ -34,8 +34,29 @@ class ServeSettings(BaseSettings):
     max_cost: float = Field(DEFAULT_MAX_MEGAPIXEL_VIEWS, gt=0, description="megapixel-views one image may cost (422 past it)")
     max_memory_mb: float = Field(DEFAULT_MAX_MEMORY_MB, gt=0, description="estimated activation memory one image may need (422 past it)")
     retry_after_s: int = Field(1, ge=1)
+    # access: who may call, and under which names
+    host: str = Field("127.0.0.1", description="the address uvicorn binds (it decides the default allowed_hosts)")
+    token: str | None = Field(None, min_length=16, description="bearer token /segment and /metrics require (env: SEGENSEMBLE_TOKEN)")
+    allowed_hosts: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+        None, description="Host header values accepted (env: comma-separated; default: localhost names when bound to "
+                          "loopback, any otherwise); others get 400, which stops DNS rebinding")
 
-    @field_validator("providers", mode="before")
+    @property
+    def loopback(self) -> bool:
+        import ipaddress
+
+        try:
+            return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def trusted_hosts(self) -> list[str]:
+        if self.allowed_hosts:
+            return list(self.allowed_hosts)
+        return ["localhost", "127.0.0.1", "::1"] if self.loopback else ["*"]
+
+    @field_validator("providers", "allowed_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value):
         return tuple(p.strip() for p in value.split(",") if p.strip()) if isinstance(value, str) else value
