@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_vs_eager import cpu_description
 
-from segensemble.jobs.demo import DemoOptions, run_demo
+from segensemble.synthetic.demo import DemoOptions, run_demo
 
 
 def one_run(crop: int | None, out: Path) -> str:

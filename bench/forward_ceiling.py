@@ -37,7 +37,7 @@ def main() -> None:
 
     from segensemble.models.checkpoints import PartialSpec, load_checkpoint
     from segensemble.runtime.sessions import RuntimeOptions, open_session
-    from segensemble.runtime.views import padded_size, scaled_size
+    from segensemble.views import padded_size, scaled_size
 
     torch.set_num_threads(args.threads)
     totals = {"torch": 0.0, "ort": 0.0}

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from segensemble.runtime.views import TTA, padded_size, scaled_size
+from segensemble.views import TTA, padded_size, scaled_size
 
 # Peak activation memory per padded input pixel per image in a call, measured with ONNX Runtime on CPU at
 # 512^2-1024^2 for Unet/resnet18, FPN/resnet34 and DeepLabV3Plus/mobilenet_v2 (480-600 B); doubled for

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
 from segensemble.errors import SegEnsembleError, first_line
 from segensemble.files import open_regular
-from segensemble.plan import Profile
+from segensemble.profiles import Profile, apply_profile
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 2  # 2: the ensemble graph (ensemble.onnx) is part of every build
@@ -149,8 +150,6 @@ class Manifest(BaseModel):
         """This manifest restricted to a named profile (None: the whole ensemble)."""
         if name is None:
             return self
-        from segensemble.plan import apply_profile
-
         if name not in self.profiles:
             raise SegEnsembleError(f"no profile {name!r} in this build; profiles: {sorted(self.profiles) or 'none'}")
         members = apply_profile(self.members, self.profiles[name], f"profiles.{name}")
@@ -191,6 +190,27 @@ def verify_file(build_dir: Path, file: str, sha256: str) -> Path:
         raise SegEnsembleError(f"{path}: its sha256 differs from the one {MANIFEST_NAME} recorded (the file was replaced or "
                                f"damaged after the build); rerun `ensemble build plan.yaml -o {build_dir}`")
     return path
+
+
+@dataclass(frozen=True)
+class Build:
+    """A build directory and its manifest: what the runtime opens, each file checked against its recorded sha256
+    before it is used. The Engine is the session over one of its graphs."""
+
+    dir: Path
+    manifest: Manifest
+
+    @classmethod
+    def open(cls, build_dir: str | Path) -> Build:
+        return cls(Path(build_dir), read_manifest(build_dir))
+
+    def graph(self, profile: str | None = None) -> Path:
+        """The verified graph file of the whole ensemble (None) or a profile."""
+        return self.manifest.graph_entry(profile).verify(self.dir)
+
+    def model(self, entry: ModelEntry) -> Path:
+        """A member model's verified ONNX file."""
+        return verify_file(self.dir, entry.file, entry.onnx_sha256)
 
 
 def read_manifest(build_dir: str | Path) -> Manifest:

@@ -10,7 +10,7 @@ finite and within the bounds below, and a YAML document whose aliases would expa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -18,6 +18,7 @@ from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
 from segensemble.cost import Budget, image_cost
 from segensemble.errors import PlanError
 from segensemble.names import safe_name
+from segensemble.profiles import Profile, TtaName, apply_profile
 from segensemble.yaml_guard import load_yaml
 
 # bounds on what a plan may ask for: far past any real ensemble, short of what exhausts a machine
@@ -35,7 +36,6 @@ MAX_KWARG_NUMBER = 4096  # model_kwargs: channels, depths, factors (decoder_chan
 MAX_KWARG_ITEMS = 64  # model_kwargs: values in all, lists and nesting included
 PLAN_BUDGET = Budget(max_megapixel_views=1024.0, max_memory_mb=65536.0)  # for the members whose size is fixed by the plan
 
-TtaName = Literal["identity", "hflip", "vflip", "rot90", "rot270", "transpose"]
 SOURCES = ("checkpoint", "folds", "epochs", "swa", "onnx")
 
 
@@ -169,16 +169,6 @@ class MemberSpec(ViewOptions):
         return self.model_count * len(self.scales) * len(self.tta)
 
 
-class Profile(BaseModel):
-    """A lighter named subset of the ensemble (e.g. for serving): members kept, and TTA/scales restricted."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    members: list[str] | None = Field(None, min_length=1, description="member names kept (default: all)")
-    tta: list[TtaName] | None = Field(None, min_length=1, description="TTA views kept, where a member has them")
-    scales: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=1, description="scales kept, where a member has them")
-
-
 class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -252,25 +242,6 @@ def parse_plan(raw: object, base_dir: Path, source: Path | None = None) -> Plan:
     for name, profile in plan.profiles.items():
         apply_profile(plan.members, profile, f"{where}profiles.{name}")
     return plan
-
-
-def apply_profile(members: list, profile: Profile, where: str) -> list:
-    """Members (plan or manifest entries) as the profile keeps them; errors name the profile field."""
-    names = [m.name for m in members]
-    for i, wanted in enumerate(profile.members or []):
-        if wanted not in names:
-            raise PlanError(f"{where}.members[{i}]: no member named {wanted!r}; members are {names}")
-    kept = []
-    for m in members:
-        if profile.members and m.name not in profile.members:
-            continue
-        tta = [t for t in m.tta if profile.tta is None or t in profile.tta]
-        scales = [s for s in m.scales if profile.scales is None or s in profile.scales]
-        if not tta or not scales:
-            what = "TTA view" if not tta else "scale"
-            raise PlanError(f"{where}: leaves member {m.name!r} with no {what} (it has tta {m.tta}, scales {m.scales})")
-        kept.append(m.model_copy(update={"tta": tta, "scales": scales}))
-    return kept
 
 
 def _validate(model: type[BaseModel], data: dict, prefix: tuple, where: str):

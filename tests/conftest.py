@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import socket
+import subprocess
+import sys
 import textwrap
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from segensemble.synthetic.trainer import TINY_KWARGS
 
@@ -118,3 +127,60 @@ def read_png(path: Path) -> np.ndarray:
 
     with Image.open(path) as img:
         return np.asarray(img)
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    """``ensemble ARGS`` in a fresh interpreter, output captured."""
+    return subprocess.run([sys.executable, "-m", "segensemble.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def file_tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes: compare before and after to show nothing changed."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(build_dir, *flags, env_app: bool = False):
+    """`ensemble serve --build DIR` (or, with env_app, `uvicorn segensemble.serve.app:app` + SEGENSEMBLE_BUILD)."""
+    port = free_port()
+    if env_app:
+        cmd = [sys.executable, "-m", "uvicorn", "segensemble.serve.app:app", "--host", "127.0.0.1", "--port", str(port)]
+        env = {**os.environ, "SEGENSEMBLE_BUILD": str(build_dir), "SEGENSEMBLE_MAX_BATCH": "2"}
+    else:
+        cmd = [sys.executable, "-m", "segensemble.cli", "serve", "--build", str(build_dir), "--port", str(port), *flags]
+        env = None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stdout.read()}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("server did not become ready")
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG") if mode else Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()

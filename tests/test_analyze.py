@@ -16,7 +16,7 @@ from segensemble.jobs.analyze.report import AnalyzeOptions, analyze
 from segensemble.jobs.analyze.selection import greedy_selection, weight_search
 from segensemble.jobs.evaluate import EvaluateOptions, evaluate
 from segensemble.jobs.metrics import image_miou
-from segensemble.manifest import GraphEntry, file_sha256
+from segensemble.manifest import Build, GraphEntry, file_sha256
 from segensemble.plan import load_plan
 from segensemble.runtime.engine import Engine
 
@@ -41,7 +41,7 @@ def test_cache_scores_equal_running_the_ensemble(report, engine, built, data, tm
     graph = build_graph(no_tta, built["dir"], tmp_path / "no_tta.onnx")
     entry = GraphEntry(file=str(graph), sha256=file_sha256(graph), cache_key="")
     no_tta = no_tta.model_copy(update={"graphs": {"": entry}})
-    direct_no_tta = evaluate(Engine(no_tta, built["dir"]), data["test"].coco, data["test"].images, EvaluateOptions(progress=False))
+    direct_no_tta = evaluate(Engine(Build(built["dir"], no_tta)), data["test"].coco, data["test"].images, EvaluateOptions(progress=False))
     assert rows["no TTA"]["miou"] == pytest.approx(direct_no_tta["ensemble"]["miou"], abs=1e-9)
     assert rows["no TTA"]["forward_passes"] == sum(len(m.models) * len(m.scales) for m in no_tta.members)
 

@@ -12,27 +12,16 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import CLASSES
+from conftest import CLASSES, cli, file_tree, png_bytes, running_server
 from PIL import Image
-from test_serve import running_server
 
 from segensemble.errors import CheckpointError, ImageError, PlanError, SegEnsembleError
 from segensemble.formats.paths import check_image_name, output_path
 from segensemble.plan import load_plan
-
-
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "segensemble.cli", *map(str, args)], capture_output=True, text=True)
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
 
 # 1. writes outside the output folder ------------------------------------------------------------------------
 ESCAPES = ["../x.png", "../../x/img.png", "a/../../x.png", "/tmp/x.png", "//server/share/x.png", "C:\\x.png", "C:x.png",
@@ -69,23 +58,23 @@ def test_predict_with_a_hostile_coco_writes_nothing(name, built, data, tmp_path)
     coco = json.loads(data["test"].coco.read_text())
     coco["images"][1]["file_name"] = name.replace("/ABS", str(tmp_path))
     (tmp_path / "test.json").write_text(json.dumps(coco))
-    before = _tree(tmp_path)
-    done = _cli("predict", images, "--coco", tmp_path / "test.json", "--build", built["dir"], "--save-masks", tmp_path / "masks",
+    before = file_tree(tmp_path)
+    done = cli("predict", images, "--coco", tmp_path / "test.json", "--build", built["dir"], "--save-masks", tmp_path / "masks",
                 "--save-probs", tmp_path / "probs", "-o", tmp_path / "sub.csv", "--quiet")
     assert done.returncode == 2 and "file_name" in done.stderr and f"image id {coco['images'][1]['id']}" in done.stderr
-    assert _tree(tmp_path) == before  # nothing written anywhere, the victim intact
+    assert file_tree(tmp_path) == before  # nothing written anywhere, the victim intact
 
 
 def test_masks_into_the_image_folder_never_overwrite_an_input(built, data, tmp_path):
     images = tmp_path / "images"
     shutil.copytree(data["test"].images, images)
-    before = _tree(images)
+    before = file_tree(images)
     for command in (["predict", images, "--build", built["dir"], "--save-masks", images, "--quiet"],
                     ["pseudo-label", images, "--build", built["dir"], "-o", tmp_path / "p.json", "--save-masks", images,
                      "--min-prob", "0.01", "--max-uncertain", "1", "--quiet"]):
-        done = _cli(*command)
+        done = cli(*command)
         assert done.returncode == 2 and "lies inside the image folder" in done.stderr, done.stderr
-    assert _tree(images) == before
+    assert file_tree(images) == before
 
 
 # 2. tiny requests, huge cost --------------------------------------------------------------------------------
@@ -99,12 +88,6 @@ def _jpeg_header_bomb(height: int, width: int) -> bytes:
     return bytes(data)
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def guarded(built):
     """A server with small limits so that every hostile request below is refused by one of them."""
@@ -116,8 +99,8 @@ def guarded(built):
     (_jpeg_header_bomb(60000, 65500), "too many pixels"),  # 3.9 Gpx claimed in 0.6 kB: Pillow's own bomb check
     (_jpeg_header_bomb(600, 65500), "megapixel-views"),  # 39 Mpx: within the pixel limit, not within the cost budget
     (_jpeg_header_bomb(200, 4000), "megapixel-views"),
-    (_png(np.zeros((1, 60000, 3), np.uint8)), "megapixel-views"),  # thin: 32x padding per view
-    (_png(np.zeros((60000, 1, 3), np.uint8)), "megapixel-views"),
+    (png_bytes(np.zeros((1, 60000, 3), np.uint8)), "megapixel-views"),  # thin: 32x padding per view
+    (png_bytes(np.zeros((60000, 1, 3), np.uint8)), "megapixel-views"),
 ])
 def test_costly_images_are_refused_from_the_header(guarded, body, words):
     url, _ = guarded
@@ -189,7 +172,7 @@ def test_a_cancelled_run_stops_and_the_engine_stays_usable(built):
 def test_a_timed_out_request_is_not_run(built):
     """504 for a request whose deadline passed; the metrics show no engine batch ran for it."""
     with running_server(built["dir"], "--timeout-s", "0.001", "--batch-window-ms", "50") as (url, _):
-        r = httpx.post(f"{url}/segment", content=_png(np.zeros((64, 64, 3), np.uint8)), headers={"Content-Type": "image/png"})
+        r = httpx.post(f"{url}/segment", content=png_bytes(np.zeros((64, 64, 3), np.uint8)), headers={"Content-Type": "image/png"})
         assert r.status_code == 504
         metrics = httpx.get(f"{url}/metrics").text
     assert "segensemble_batch_size_count 0.0" in metrics
@@ -198,11 +181,11 @@ def test_a_timed_out_request_is_not_run(built):
 def test_predict_names_an_absurd_image_and_skip_bad_skips_it(built, data, tmp_path):
     images = tmp_path / "images"
     shutil.copytree(data["test"].images, images)
-    (images / "zz_thin.png").write_bytes(_png(np.zeros((1, 6000, 3), np.uint8)))
-    done = _cli("predict", images, "--build", built["dir"], "-o", tmp_path / "a.csv", "--max-cost", "2", "--quiet")
+    (images / "zz_thin.png").write_bytes(png_bytes(np.zeros((1, 6000, 3), np.uint8)))
+    done = cli("predict", images, "--build", built["dir"], "-o", tmp_path / "a.csv", "--max-cost", "2", "--quiet")
     assert done.returncode == 2 and "zz_thin.png" in done.stderr and "megapixel-views" in done.stderr
     assert not (tmp_path / "a.csv").exists()
-    done = _cli("predict", images, "--build", built["dir"], "-o", tmp_path / "b.csv", "--max-cost", "2", "--skip-bad", "--quiet")
+    done = cli("predict", images, "--build", built["dir"], "-o", tmp_path / "b.csv", "--max-cost", "2", "--skip-bad", "--quiet")
     assert done.returncode == 0 and "skipped zz_thin.png" in done.stdout
     assert len((tmp_path / "b.csv").read_text().splitlines()) == 1 + len(list(data["test"].images.glob("*.png")))
 
@@ -236,13 +219,13 @@ def test_slow_clients_cannot_take_the_server(guarded):
     try:
         time.sleep(0.3)
         assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
-        r = httpx.post(f"{url}/segment", content=_png(np.zeros((32, 32, 3), np.uint8)), headers={"Content-Type": "image/png"}, timeout=5)
+        r = httpx.post(f"{url}/segment", content=png_bytes(np.zeros((32, 32, 3), np.uint8)), headers={"Content-Type": "image/png"}, timeout=5)
         assert r.status_code == 503 and "uploads already in progress" in r.json()["detail"]
     finally:
         for s in socks:
             s.close()
     time.sleep(1.5)  # past the body timeout every slot is free again
-    r = httpx.post(f"{url}/segment", content=_png(np.zeros((32, 32, 3), np.uint8)), headers={"Content-Type": "image/png"}, timeout=30)
+    r = httpx.post(f"{url}/segment", content=png_bytes(np.zeros((32, 32, 3), np.uint8)), headers={"Content-Type": "image/png"}, timeout=30)
     assert r.status_code == 200
 
 
@@ -334,7 +317,7 @@ def test_a_swapped_graph_is_refused(build_copy):
     shutil.copyfile(build_copy / "ensemble.fast.onnx", build_copy / "ensemble.onnx")
     with pytest.raises(SegEnsembleError, match="ensemble.onnx: its sha256 differs"):
         Engine.from_build(build_copy)
-    done = _cli("predict", build_copy.parent, "--build", build_copy, "--quiet")
+    done = cli("predict", build_copy.parent, "--build", build_copy, "--quiet")
     assert done.returncode == 2 and "sha256 differs" in done.stderr
 
 
@@ -379,7 +362,7 @@ def test_schemathesis_finds_nothing(built, tmp_path):
 
 def test_api_schema_edges(guarded):
     url, _ = guarded
-    image = _png(np.zeros((32, 32, 3), np.uint8))
+    image = png_bytes(np.zeros((32, 32, 3), np.uint8))
     assert httpx.post(f"{url}/segment?profile=", content=image, headers={"Content-Type": "image/png"}, timeout=30).status_code == 200
     r = httpx.post(f"{url}/segment?format=nope", content=image, headers={"Content-Type": "image/png"})
     assert r.status_code == 422 and isinstance(r.json()["detail"], str) and "format" in r.json()["detail"]
@@ -409,6 +392,6 @@ def test_a_broken_smp_folder_is_one_line(weights, content, words, ckpt_dir, tmp_
 
     with pytest.raises(CheckpointError, match=words):
         load_checkpoint(folder)
-    done = _cli("export", folder, "-o", tmp_path / "x.onnx", "--classes", len(CLASSES))
+    done = cli("export", folder, "-o", tmp_path / "x.onnx", "--classes", len(CLASSES))
     assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from segensemble.errors import SegEnsembleError
 from segensemble.formats.images import list_images, read_image
+from segensemble.run_config import RunConfig
 from segensemble.runtime.engine import LABELS, PROBS, Engine, Want
 from segensemble.runtime.openvino_session import BF16_FLAGS, check_bf16, cpu_flags
 from segensemble.runtime.sessions import RuntimeOptions
@@ -75,8 +75,8 @@ def test_evaluate_reports_bf16_beside_fp32(built, data, tmp_path):
 def test_build_measures_the_cost_of_a_precision(built, data):
     from segensemble.jobs.precision_check import agreement, sample_images
 
-    images = sample_images(built["dir"], data["test"].images, [])
-    figures = agreement(built["dir"], "bf16", images, replace(RuntimeOptions(), threads=1))
+    images = sample_images(data["test"].images, [])
+    figures = agreement(built["dir"], "bf16", images, RunConfig(intra_op_threads=1))
     assert figures["images"] == len(images) > 0 and figures["runtime"] == "openvino"
     assert 0.99 <= figures["labels_agree"] <= 1.0 and 0 < figures["max_abs_prob"] < 0.05
 
@@ -84,7 +84,7 @@ def test_build_measures_the_cost_of_a_precision(built, data):
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU lacks native bf16 (AVX512_BF16 or AMX)")
 def test_bf16_end_to_end_through_predict_and_serve(built, data, tmp_path):
     import httpx
-    from test_serve import running_server
+    from conftest import running_server
 
     masks = {}
     for precision in ("fp32", "bf16"):

@@ -91,7 +91,7 @@ def test_a_stopped_cli_run_says_what_resume_continues(built, data, tmp_path):
     (folder / "test_0002.png").write_bytes(b"not a png at all")
     out = tmp_path / "sub.csv"
     done = subprocess.run([sys.executable, "-m", "segensemble.cli", "predict", str(folder), "--build", str(built["dir"]),
-                           "-o", str(out), "--quiet", "--workers", "1"], capture_output=True, text=True)
+                           "-o", str(out), "--quiet", "--calls-in-flight", "1"], capture_output=True, text=True)
     assert done.returncode == 2 and "test_0002.png" in done.stderr
     assert f"the 2 rows written so far are kept in {out}.partial; rerun with --resume" in done.stderr
 

@@ -64,7 +64,7 @@ def test_cli_engine_ray_end_to_end(local_ray, built, data, engine, tmp_path):
     predict_to_files(engine, list_images(data["test"].images), PredictOptions(csv=local, progress=False))
     out = tmp_path / "ray.csv"
     code = main(["predict", str(data["test"].images), "--build", str(built["dir"]), "-o", str(out), "--engine", "ray",
-                 "--actors", "1", "--threads", "1", "--quiet"])
+                 "--actors", "1", "--intra-op-threads", "1", "--quiet"])
     assert code == 0 and out.read_bytes() == local.read_bytes()
 
 
@@ -75,7 +75,7 @@ def test_ray_log_lines_stay_out_of_the_progress_bar(built, data, tmp_path):
     import sys
 
     args = [sys.executable, "-m", "segensemble.cli", "predict", str(data["test"].images), "--build", str(built["dir"]),
-            "-o", str(tmp_path / "ray.csv"), "--engine", "ray", "--actors", "1", "--threads", "1"]
+            "-o", str(tmp_path / "ray.csv"), "--engine", "ray", "--actors", "1", "--intra-op-threads", "1"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     quiet = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert quiet.returncode == 0, quiet.stderr[-2000:]

@@ -5,65 +5,16 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
 import pytest
-from conftest import CLASSES, read_png
+from conftest import CLASSES, png_bytes, read_png, running_server
 from PIL import Image
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running_server(build_dir, *flags, env_app: bool = False):
-    """`ensemble serve --build DIR` (or, with env_app, `uvicorn segensemble.serve.app:app` + SEGENSEMBLE_BUILD)."""
-    port = _free_port()
-    if env_app:
-        cmd = [sys.executable, "-m", "uvicorn", "segensemble.serve.app:app", "--host", "127.0.0.1", "--port", str(port)]
-        env = {**os.environ, "SEGENSEMBLE_BUILD": str(build_dir), "SEGENSEMBLE_MAX_BATCH": "2"}
-    else:
-        cmd = [sys.executable, "-m", "segensemble.cli", "serve", "--build", str(build_dir), "--port", str(port), *flags]
-        env = None
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stdout.read()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("server did not become ready")
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _png(array: np.ndarray, mode: str | None = None) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buffer, format="PNG") if mode else Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +89,7 @@ def test_modes_are_converted(server):
     gray = rng.integers(0, 255, (40, 50), dtype=np.uint8)
     rgba = rng.integers(0, 255, (40, 50, 4), dtype=np.uint8)
     deep = (rng.integers(0, 65535, (40, 50))).astype(np.uint16)
-    for payload in (_png(gray), _png(rgba), _png(deep)):
+    for payload in (png_bytes(gray), png_bytes(rgba), png_bytes(deep)):
         resp = httpx.post(f"{server}/segment", content=payload, headers={"Content-Type": "image/png"})
         assert resp.status_code == 200, resp.text
         assert np.asarray(Image.open(io.BytesIO(resp.content))).shape == (40, 50)
@@ -161,11 +112,11 @@ def test_bad_requests_get_clear_errors(server, name, kwargs, status, words):
 
 
 def test_truncated_and_oversized_images(server):
-    good = _png(np.zeros((40, 40, 3), np.uint8) + 120)
+    good = png_bytes(np.zeros((40, 40, 3), np.uint8) + 120)
     truncated = httpx.post(f"{server}/segment", content=good[: len(good) // 2], headers={"Content-Type": "image/png"})
     assert truncated.status_code == 422 and "truncated" in truncated.json()["detail"]
     # 600x600 = 360000 pixels > 250000, and tiny on the wire (a decompression-bomb shape)
-    bomb = httpx.post(f"{server}/segment", content=_png(np.zeros((600, 600), np.uint8)), headers={"Content-Type": "image/png"})
+    bomb = httpx.post(f"{server}/segment", content=png_bytes(np.zeros((600, 600), np.uint8)), headers={"Content-Type": "image/png"})
     assert bomb.status_code == 422 and "exceeds the limit of 250000" in bomb.json()["detail"]
 
 
@@ -216,7 +167,7 @@ def test_bad_request_does_not_disturb_a_batch(server, data, offline_masks):
 
 
 def test_queue_full_gets_503_then_deadline_504(built):
-    big = _png(np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8))
+    big = png_bytes(np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8))
     with running_server(built["dir"], "--max-queue", "1", "--max-batch", "1", "--batch-window-ms", "0", "--timeout-s", "60") as (url, _):
         with ThreadPoolExecutor(10) as pool:
             results = list(pool.map(
@@ -231,7 +182,7 @@ def test_queue_full_gets_503_then_deadline_504(built):
 
 
 def test_sigterm_finishes_in_flight_requests(built):
-    big = _png(np.random.default_rng(1).integers(0, 255, (384, 384, 3), dtype=np.uint8))
+    big = png_bytes(np.random.default_rng(1).integers(0, 255, (384, 384, 3), dtype=np.uint8))
     with running_server(built["dir"]) as (url, proc):
         with ThreadPoolExecutor(3) as pool:
             futures = [pool.submit(httpx.post, f"{url}/segment", content=big, headers={"Content-Type": "image/png"}, timeout=60)
@@ -248,7 +199,7 @@ def test_sigterm_finishes_in_flight_requests(built):
 
 def test_two_workers_answer_the_same(built, data, offline_masks):
     paths = sorted(data["test"].images.iterdir())
-    with running_server(built["dir"], "--workers", "2", "--threads", "1", "--max-batch", "2") as (url, _):
+    with running_server(built["dir"], "--calls-in-flight", "2", "--intra-op-threads", "1", "--max-batch", "2") as (url, _):
         with ThreadPoolExecutor(6) as pool:
             results = list(pool.map(lambda p: httpx.post(f"{url}/segment", content=p.read_bytes(),
                                                           headers={"Content-Type": "image/png"}, timeout=60), paths))

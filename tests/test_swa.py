@@ -25,7 +25,7 @@ def test_weights_are_the_mean_and_bn_changes_after_recalibration(ckpt_dir, data)
         torch.testing.assert_close(got[key], torch.stack([s[key] for s in states]).mean(0))
     before = got["encoder.bn1.running_mean"].clone()
     from segensemble.formats.images import list_images, read_image
-    from segensemble.runtime.views import prepare_input
+    from segensemble.views import prepare_input
 
     mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
     batches = [np.stack([prepare_input(read_image(r.path), (64, 64), mean, std, 32) for r in list_images(data["train"].images)])]

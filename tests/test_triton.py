@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import onnxruntime as ort
 
-from segensemble.export.graph import member_output
 from segensemble.formats.images import list_images, read_image
+from segensemble.graph_io import member_output
 from segensemble.manifest import read_manifest
 from segensemble.runtime.engine import LABELS, PROBS, Want
 

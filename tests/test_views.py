@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segensemble.runtime.views import TTA, padded_size, prepare_input, scaled_size
+from segensemble.views import TTA, padded_size, prepare_input, scaled_size
 
 
 @pytest.mark.parametrize("name", sorted(TTA))

@@ -35,18 +35,17 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from segensemble.commands.common import budget, build_or_given
+    from segensemble.commands.common import build_or_given, run_config
     from segensemble.errors import SegEnsembleError
     from segensemble.jobs.analyze.report import AnalyzeOptions, analyze
     from segensemble.plan import load_plan
-    from segensemble.runtime.engine import Engine
-    from segensemble.runtime.sessions import RuntimeOptions
+    from segensemble.runtime.engine import open_engine
 
     if not 0 <= args.holdout < 1:
         raise SegEnsembleError(f"--holdout must be in [0, 1), got {args.holdout}")
     plan = load_plan(args.plan)
     build_dir = build_or_given(args.plan, args.build, args.quiet)
-    engine = Engine.from_build(build_dir, RuntimeOptions(trt_fp16=args.trt_fp16, precision=args.precision), budget=budget(args))
+    engine = open_engine(build_dir, run_config(args))
     options = AnalyzeOptions(args.output, args.holdout, args.seed, args.samples, args.cache_dtype, args.max_images,
                              args.unlabeled, not args.quiet, args.keep_cache)
     report = analyze(engine, args.coco, args.images, options, plan)

@@ -42,7 +42,7 @@ def run(args) -> int:
         from segensemble.jobs.precision_check import agreement, sample_images
         from segensemble.jobs.precision_check import describe as describe_precision
 
-        images = sample_images(out, args.calib_images, [m.bn_images for m in load_plan(args.plan).members if m.bn_images])
+        images = sample_images(args.calib_images, [m.bn_images for m in load_plan(args.plan).members if m.bn_images])
         print(describe_precision(agreement(out, args.check_precision, images)))
     print(f"build: {out} ({result.exported} exported, {result.reused} reused); providers here: {', '.join(result.manifest.providers)}")
     return 0

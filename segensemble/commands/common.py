@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import math
-import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from segensemble.cost import DEFAULT_MAX_MEGAPIXEL_VIEWS, DEFAULT_MAX_MEMORY_MB, Budget
+from segensemble.cost import DEFAULT_MAX_MEGAPIXEL_VIEWS, DEFAULT_MAX_MEMORY_MB
 from segensemble.errors import SegEnsembleError
+
+if TYPE_CHECKING:
+    from segensemble.run_config import RunConfig
 
 
 def floats3(text: list[str], flag: str) -> tuple[float, float, float]:
@@ -39,28 +43,52 @@ def build_or_given(plan: Path | None, build_dir: Path | None, quiet: bool) -> Pa
     return build_dir
 
 
+class Deprecated(argparse.Action):
+    """An old flag spelling kept for one release: sets the new flag's value and says what replaced it."""
+
+    def __init__(self, option_strings, dest, replaced_by: str, const=None, **kwargs):
+        self.replaced_by = replaced_by
+        kwargs["default"] = argparse.SUPPRESS  # the new flag's default stands
+        super().__init__(option_strings, dest, const=const, **{**kwargs, "help": f"deprecated: use {replaced_by}"})
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated; use {self.replaced_by}", file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.const is not None else values)
+
+
+def add_call_flags(p, calls_default: int, calls_help: str) -> None:
+    """How the graph runs: calls in flight and ONNX Runtime threads per call (RunConfig's fields)."""
+    p.add_argument("--calls-in-flight", type=int, default=calls_default, help=calls_help)
+    p.add_argument("--workers", dest="calls_in_flight", type=int, action=Deprecated, replaced_by="--calls-in-flight")
+    p.add_argument("--intra-op-threads", type=int, default=0, help="ONNX Runtime threads per call (default 0: the CPU's "
+                   "cores divided among the calls in flight; with one call, ONNX Runtime's own default)")
+    p.add_argument("--threads", dest="intra_op_threads", type=int, action=Deprecated, replaced_by="--intra-op-threads")
+
+
 def add_runtime_flags(p) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--build", type=Path, help="a build directory written by `ensemble build`")
     src.add_argument("--plan", type=Path, help="plan.yaml: build it first (into build/ beside it, reusing exports)")
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order (tensorrt, cuda, cpu; default: best available)")
-    p.add_argument("--workers", type=int, default=2, help="image batches in flight at once (default 2: on a CPU two engine calls "
-                   "with half the threads each beat one with all of them; see docs/benchmarks.md)")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per worker (default 0: the CPU count "
-                   "divided among the workers)")
+    add_call_flags(p, 2, "graph runs going at once (default 2: on a CPU two calls with half the threads each beat one with "
+                   "all of them; see docs/benchmarks.md)")
     p.add_argument("--profile", help="run a named lighter profile of the plan (profiles: in plan.yaml) instead of the whole ensemble")
-    p.add_argument("--batch-images", type=int, default=1,
-                   help="consecutive same-size images per graph run (default 1: fastest and leanest on CPU; raise it on a GPU)")
+    p.add_argument("--images-per-call", type=int, default=1,
+                   help="consecutive same-size images stacked into one graph run (default 1: fastest and leanest on CPU; "
+                   "raise it on a GPU)")
+    p.add_argument("--batch-images", dest="images_per_call", type=int, action=Deprecated, replaced_by="--images-per-call")
     add_precision_flags(p)
     add_budget_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_precision_flags(p) -> None:
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+    from segensemble.run_config import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default, exact); bf16: OpenVINO on a CPU with AVX512_BF16 or AMX (faster, measure the cost "
                    "with `ensemble evaluate --precision bf16`); fp16: TensorRT on a GPU")
-    p.add_argument("--trt-fp16", action="store_true", help="TensorRT in fp16 (same as --precision fp16 where TensorRT runs)")
+    p.add_argument("--trt-fp16", dest="precision", nargs=0, action=Deprecated, const="fp16", replaced_by="--precision fp16")
 
 
 def add_budget_flags(p) -> None:
@@ -71,29 +99,32 @@ def add_budget_flags(p) -> None:
                    help=f"refuse an image whose estimated activation memory exceeds this (default {DEFAULT_MAX_MEMORY_MB:g})")
 
 
-def budget(args) -> Budget:
-    if not (args.max_cost > 0 and args.max_memory_mb > 0) or not all(map(math.isfinite, (args.max_cost, args.max_memory_mb))):
-        raise SegEnsembleError("--max-cost and --max-memory-mb must be finite and > 0")
-    return Budget(args.max_cost, args.max_memory_mb)
+def run_config(args) -> RunConfig:
+    """The RunConfig the runtime flags describe (validated there, worded as the flags here)."""
+    from segensemble.run_config import RunConfig
+
+    fields = {"providers": tuple(args.providers) if getattr(args, "providers", None) else None, "precision": args.precision,
+              "intra_op_threads": getattr(args, "intra_op_threads", 0), "calls_in_flight": getattr(args, "calls_in_flight", 1),
+              "images_per_call": getattr(args, "images_per_call", 1), "max_cost": args.max_cost, "max_memory_mb": args.max_memory_mb}
+    try:
+        return RunConfig(**fields)
+    except SegEnsembleError as exc:
+        field, _, rest = str(exc).partition(": ")
+        raise SegEnsembleError(f"--{field.replace('_', '-')}: {rest}") from None
 
 
 def open_engine(args):
     """The engine the flags ask for: local (one ONNX Runtime session over the build's graph) or Ray actors."""
-    from segensemble.runtime.engine import Engine
-    from segensemble.runtime.sessions import RuntimeOptions
+    from segensemble.runtime.engine import open_engine as open_local
 
+    config = run_config(args)
     build_dir = build_or_given(args.plan, args.build, args.quiet)
     if getattr(args, "engine", "local") == "ray":  # the models load in the actors only
         from segensemble.dist.ray_engine import RayEngine
 
-        return RayEngine(build_dir, address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-                         threads_per_actor=args.threads or 1, profile=args.profile, budget=budget(args), precision=args.precision)
-    workers = max(1, args.workers)
-    threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
-    options = RuntimeOptions(tuple(args.providers) if args.providers else None, threads, trt_fp16=args.trt_fp16,
-                             precision=args.precision, streams=workers)
-    engine = Engine.from_build(build_dir, options, max_batch=max(1, args.batch_images), workers=workers, profile=args.profile,
-                               budget=budget(args))
+        return RayEngine(build_dir, config, address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                         profile=args.profile)
+    engine = open_local(build_dir, config, args.profile)
     if engine.fell_back:
         print("warning: a GPU provider was requested but ONNX Runtime fell back to CPU", file=sys.stderr)
     return engine

@@ -17,7 +17,7 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from segensemble.jobs.demo import DemoOptions, run_demo
+    from segensemble.synthetic.demo import DemoOptions, run_demo
 
     run_demo(DemoOptions(out=args.out, seed=args.seed, steps=args.steps))
     return 0

@@ -24,20 +24,22 @@ def add(sub) -> None:
 
 def run(args) -> int:
     """With --precision bf16/fp16 the same images are also scored at fp32, and the difference is reported."""
-    import copy
+    from dataclasses import replace
 
+    from segensemble.commands.common import run_config
     from segensemble.formats.atomic import write_atomic
     from segensemble.jobs.evaluate import EvaluateOptions, evaluate
+    from segensemble.run_config import Precision
+    from segensemble.runtime.engine import open_engine as open_local
 
-    options = EvaluateOptions(args.unlabeled, args.batch_images, not args.quiet)
+    options = EvaluateOptions(args.unlabeled, args.images_per_call, not args.quiet)
     engine = open_engine(args)
     report = evaluate(engine, args.coco, args.images, options)
     print(f"{args.precision}: {engine.describe()}")
     print(evaluation_table(report))
     if args.precision != "fp32":
-        exact = copy.copy(args)
-        exact.precision, exact.trt_fp16, exact.plan, exact.build = "fp32", False, None, engine.build_dir
-        baseline = evaluate(open_engine(exact), args.coco, args.images, options)
+        exact = open_local(engine.build_dir, replace(run_config(args), precision=Precision.FP32), args.profile)
+        baseline = evaluate(exact, args.coco, args.images, options)
         report |= {"precision": args.precision, "fp32": baseline, "delta_vs_fp32": _delta(report, baseline)}
         print(f"\nfp32 on the same images:\n{evaluation_table(baseline)}")
         print(_describe_delta(report["delta_vs_fp32"], args.precision))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segensemble.commands.common import add_precision_flags
+from segensemble.commands.common import add_call_flags, add_precision_flags
 
 
 def add(sub) -> None:
@@ -19,9 +19,8 @@ def add(sub) -> None:
     p.add_argument("--allowed-hosts", nargs="+", default=None, metavar="HOST", help="Host header values accepted, others get "
                    "400 (default: localhost, 127.0.0.1, ::1 when bound to loopback; any otherwise)")
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order (tensorrt, cuda, cpu)")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: one per physical core)")
-    p.add_argument("--workers", type=int, default=None, help="engine calls running at once (default 1: lowest latency; "
-                   "2 with --threads 1 trades latency for throughput on a small CPU)")
+    add_call_flags(p, None, "engine calls running at once (default 1: lowest latency; 2 with --intra-op-threads 1 trades latency "
+                   "for throughput on a small CPU)")
     p.add_argument("--max-batch", type=int, default=None, help="most images grouped into one engine call (default 8)")
     p.add_argument("--batch-window-ms", type=float, default=None, help="how long a request waits for others to batch with (default 5)")
     p.add_argument("--max-queue", type=int, default=None, help="requests waiting beyond this get 503 + Retry-After (default 64)")
@@ -42,13 +41,14 @@ def run(args) -> int:
     from segensemble.serve.run import serve
     from segensemble.serve.settings import ServeSettings
 
-    fields = {"workers": args.workers, "max_batch": args.max_batch, "batch_window_ms": args.batch_window_ms, "max_queue": args.max_queue,
-              "max_body_mb": args.max_body_mb, "max_pixels": args.max_pixels, "timeout_s": args.timeout_s,
+    fields = {"calls_in_flight": args.calls_in_flight, "max_batch": args.max_batch, "batch_window_ms": args.batch_window_ms,
+              "max_queue": args.max_queue, "max_body_mb": args.max_body_mb, "max_pixels": args.max_pixels, "timeout_s": args.timeout_s,
               "body_timeout_s": args.body_timeout_s, "max_uploads": args.max_uploads, "max_cost": args.max_cost,
               "max_memory_mb": args.max_memory_mb, "token": args.token,
               "allowed_hosts": tuple(args.allowed_hosts) if args.allowed_hosts else None}
-    settings = ServeSettings.from_flags(build_dir=args.build, host=args.host, providers=tuple(args.providers) if args.providers else None,
-                                        threads=args.threads, trt_fp16=args.trt_fp16, precision=args.precision,
+    settings = ServeSettings.from_flags(build_dir=args.build, host=args.host,
+                                        providers=tuple(args.providers) if args.providers else None,
+                                        intra_op_threads=args.intra_op_threads, precision=args.precision,
                                         **{k: v for k, v in fields.items() if v is not None})
     serve(settings, port=args.port)
     return 0

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from segensemble.extras import missing_extra
-from segensemble.cost import Budget
-from segensemble.runtime.engine import LABELS, MEMBERS, PROBS, Prediction, Want
 from segensemble.errors import ImageError, SegEnsembleError
-from segensemble.export.graph import member_output
+from segensemble.extras import missing_extra
 from segensemble.formats.images import ImageRef
+from segensemble.graph_io import member_output
 from segensemble.manifest import MemberEntry, read_manifest
+from segensemble.run_config import RunConfig
+from segensemble.runtime.engine import LABELS, MEMBERS, PROBS, Prediction, Want
 
 
 def _ray():
@@ -36,12 +37,10 @@ def _ray():
 class EnsembleActor:
     """One engine per actor; called on batches of rows {index, path}; returns the outputs asked for."""
 
-    def __init__(self, build_dir: str, want: list[str], threads: int = 0, profile: str | None = None, budget: tuple = (),
-                 precision: str = "fp32"):
-        from segensemble.runtime.engine import Engine
-        from segensemble.runtime.sessions import RuntimeOptions
+    def __init__(self, build_dir: str, want: list[str], config: RunConfig, profile: str | None = None):
+        from segensemble.runtime.engine import open_engine
 
-        self.engine = Engine.from_build(build_dir, RuntimeOptions(threads=threads, precision=precision), profile=profile, budget=Budget(*budget))
+        self.engine = open_engine(build_dir, config, profile)
         self.want = Want(want)
 
     def __call__(self, batch: dict) -> dict:
@@ -71,13 +70,16 @@ class EnsembleActor:
 class RayEngine:
     """The Runner protocol on a Ray cluster (``address=None`` starts or joins a local Ray)."""
 
-    def __init__(self, build_dir: str | Path, address: str | None = None, actors: int = 2, gpus_per_actor: float = 0.0,
-                 threads_per_actor: int = 1, profile: str | None = None, budget: Budget = Budget(), precision: str = "fp32"):
+    def __init__(self, build_dir: str | Path, config: RunConfig = RunConfig(), address: str | None = None, actors: int = 2,
+                 gpus_per_actor: float = 0.0, profile: str | None = None):
+        """Each actor opens the build under ``config`` with one call in flight (Ray runs the actors side by side) and,
+        unless ``config`` says otherwise, one ONNX Runtime thread."""
         if actors < 1:
             raise SegEnsembleError(f"--actors must be >= 1, got {actors}")
         self.build_dir, self.address, self.actors = Path(build_dir), address, actors
-        self.gpus_per_actor, self.threads_per_actor, self.profile = gpus_per_actor, threads_per_actor, profile
-        self.budget, self.precision = budget, precision
+        self.gpus_per_actor, self.profile = gpus_per_actor, profile
+        self.config = replace(config, calls_in_flight=1, intra_op_threads=config.intra_op_threads or 1)
+        self.precision = self.config.precision.value
         self.manifest = read_manifest(build_dir).profile(profile)
         self.manifest.graph_entry(profile)  # the build has this profile's graph
 
@@ -111,9 +113,7 @@ class RayEngine:
         ds = ray.data.from_items([{"index": i, "path": str(r.path)} for i, r in enumerate(refs)])
         ds = ds.map_batches(
             EnsembleActor, fn_constructor_kwargs={"build_dir": str(self.build_dir), "want": sorted(want),
-                                                  "threads": self.threads_per_actor, "profile": self.profile,
-                                                  "budget": (self.budget.max_megapixel_views, self.budget.max_memory_mb),
-                                                  "precision": self.precision},
+                                                  "config": self.config, "profile": self.profile},
             batch_size=batch_images, compute=ray.data.ActorPoolStrategy(size=self.actors), num_gpus=self.gpus_per_actor or None,
             batch_format="numpy",
         )

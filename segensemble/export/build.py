@@ -23,11 +23,11 @@ from segensemble.export.preprocess import apply_preprocess
 from segensemble.export.verify_graph import write_graphs
 from segensemble.formats.atomic import write_atomic
 from segensemble.formats.images import list_images
-from segensemble.names import safe_name
 from segensemble.formats.table import text_table
 from segensemble.manifest import Manifest, MemberEntry, ModelEntry, Parity, PlanCost, file_sha256
 from segensemble.models.checkpoints import PartialSpec, load_checkpoint
 from segensemble.models.swa import SwaReport, average_checkpoints, bn_batches, recalibrate_bn
+from segensemble.names import safe_name
 from segensemble.plan import MemberSpec, Plan
 
 
@@ -215,7 +215,7 @@ def _member_entry(member: MemberSpec, models: list[ModelEntry]) -> MemberEntry:
 
 def _check_fixed_shapes(entry: MemberEntry, where: str) -> None:
     """A graph exported at a fixed size must be able to take every view the member asks for."""
-    from segensemble.runtime.views import TTA, padded_size, scaled_size
+    from segensemble.views import TTA, padded_size, scaled_size
 
     for model in entry.models:
         if not model.fixed_hw:

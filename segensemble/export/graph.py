@@ -33,44 +33,12 @@ import numpy as np
 
 from segensemble.errors import SegEnsembleError
 from segensemble.export.graph_ops import GraphBuilder
-from segensemble.names import safe_name
+from segensemble.graph_io import GRAPH_FORMAT, INPUT, LABELS, PROBS, list_views, member_output, view_output
 from segensemble.manifest import Manifest, MemberEntry
-from segensemble.runtime.views import TTA, scaled_size
+from segensemble.views import TTA, scaled_size
 
-GRAPH_FILE = "ensemble.onnx"
-GRAPH_FORMAT = "1"  # bump when the graph's contract (inputs, outputs, semantics) changes
 MIN_OPSET = 18  # Split(num_outputs), Reduce*(axes as input), Resize with sizes
 EXTERNAL_DATA_BYTES = 1_500_000_000  # past this, weights go to <file>.data (protobuf's 2 GB limit)
-
-
-def member_output(name: str) -> str:
-    return f"member:{name}"
-
-
-def view_output(index: int) -> str:
-    return f"view:{index}"
-
-
-@dataclass(frozen=True)
-class ViewId:
-    """One view of the ensemble: member index, model index within it, scale, TTA name."""
-
-    member: int
-    model: int
-    scale: float
-    tta: str
-
-
-def list_views(members: Sequence[MemberEntry]) -> list[ViewId]:
-    """Every view, in the order the views graph emits them."""
-    return [ViewId(mi, k, s, t) for mi, m in enumerate(members) for k in range(len(m.models)) for s in m.scales for t in m.tta]
-
-
-def profile_file(profile: str | None) -> str:
-    """The graph file of a profile (None: the whole ensemble)."""
-    if profile is None:
-        return GRAPH_FILE
-    return f"ensemble.{safe_name(profile)}.onnx"
 
 
 @dataclass
@@ -170,15 +138,15 @@ def build_graph(manifest: Manifest, build_dir: Path, out: Path, *, profile: str 
     manifest = manifest.profile(profile)
     b = GraphBuilder()
     weights = _Weights(build_dir, manifest.members)
-    image = b.op("Transpose", [b.op("Cast", ["image"], "float", to=1)], "nchw", perm=[0, 3, 1, 2])
-    image_hw = b.op("Slice", [b.op("Shape", ["image"]), b.i64(1), b.i64(3)], "image_hw")
+    image = b.op("Transpose", [b.op("Cast", [INPUT], "float", to=1)], "nchw", perm=[0, 3, 1, 2])
+    image_hw = b.op("Slice", [b.op("Shape", [INPUT]), b.i64(1), b.i64(3)], "image_hw")
     members = [_Member(b, entry, weights.models(mi, entry), image, image_hw) for mi, entry in enumerate(manifest.members)]
     classes = len(manifest.classes)
     outputs = _view_outputs(b, members, image_hw) if views else _vote_outputs(b, members, image_hw, classes)
     spatial = ["batch", classes, "height", "width"]
     infos = [helper.make_tensor_value_info(name, TensorProto.UINT8 if classes <= 256 else TensorProto.INT32, ["batch", "height", "width"])
-             if name == "labels" else helper.make_tensor_value_info(name, TensorProto.FLOAT, spatial) for name in outputs]
-    image_info = helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", "height", "width", 3])
+             if name == LABELS else helper.make_tensor_value_info(name, TensorProto.FLOAT, spatial) for name in outputs]
+    image_info = helper.make_tensor_value_info(INPUT, TensorProto.UINT8, ["batch", "height", "width", 3])
     graph = helper.make_graph(b.nodes, "segensemble", [image_info], infos, initializer=b.inits + weights.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", weights.opset)], producer_name="segensemble")
     model.ir_version = min(model.ir_version, 10)
@@ -216,16 +184,16 @@ class _Weights:
 def _vote_outputs(b: GraphBuilder, members: list[_Member], image_hw: str, classes: int) -> list[str]:
     """labels, probs and each member's probabilities; the ensemble is the weighted sum of the members'."""
     total_weight = sum(m.entry.weight for m in members)
-    weighted, names = [], ["labels", "probs"]
+    weighted, names = [], [LABELS, PROBS]
     for member in members:
         sums = [b.resize(p, image_hw) if resized else p for p, _, resized in (member.scale_sums(s, None) for s in member.entry.scales)]
         probs = b.op("Mul", [b.total(sums, "member_sum"), b.f32(1.0 / member.entry.views)], "member")
         b.nodes.append(b.helper.make_node("Identity", [probs], [member_output(member.entry.name)], name=f"out/{member.entry.name}"))
         names.append(member_output(member.entry.name))
         weighted.append(b.op("Mul", [probs, b.f32(member.entry.weight / total_weight)], "weighted"))
-    b.nodes.append(b.helper.make_node("Identity", [b.total(weighted, "vote")], ["probs"], name="out/probs"))
+    b.nodes.append(b.helper.make_node("Identity", [b.total(weighted, "vote")], [PROBS], name="out/probs"))
     to = 2 if classes <= 256 else 6  # UINT8, INT32
-    b.nodes.append(b.helper.make_node("Cast", [b.op("ArgMax", ["probs"], "argmax", axis=1, keepdims=0)], ["labels"], name="out/labels", to=to))
+    b.nodes.append(b.helper.make_node("Cast", [b.op("ArgMax", [PROBS], "argmax", axis=1, keepdims=0)], [LABELS], name="out/labels", to=to))
     return names
 
 
@@ -247,10 +215,10 @@ def _view_outputs(b: GraphBuilder, members: list[_Member], image_hw: str) -> lis
 def _metadata(manifest: Manifest, profile: str | None, views: bool, cache_key: str) -> dict[str, str]:
     members = manifest.members
     outputs: dict = {"views": [view_output(j) for j in range(len(list_views(members)))]} if views else {
-        "labels": "labels", "probs": "probs", "members": {m.name: member_output(m.name) for m in members}}
+        "labels": LABELS, "probs": PROBS, "members": {m.name: member_output(m.name) for m in members}}
     return {
         "segensemble_graph": GRAPH_FORMAT, "cache_key": cache_key, "profile": profile or "",
-        "input": json.dumps({"name": "image", "dtype": "uint8", "shape": ["batch", "height", "width", 3], "channels": "RGB"}),
+        "input": json.dumps({"name": INPUT, "dtype": "uint8", "shape": ["batch", "height", "width", 3], "channels": "RGB"}),
         "outputs": json.dumps(outputs), "classes": json.dumps(list(manifest.classes)),
         "views": json.dumps([[v.member, v.model, v.scale, v.tta] for v in list_views(members)]),
         "members": json.dumps([{"name": m.name, "weight": m.weight, "views": m.views} for m in members]),

@@ -24,7 +24,7 @@ from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
 from segensemble.errors import ExportError, first_line
 from segensemble.formats.atomic import write_atomic
 from segensemble.models.checkpoints import LoadedModel
-from segensemble.runtime.views import padded_size
+from segensemble.views import padded_size
 
 MAX_ABS_LOGIT = 1e-3
 MIN_ARGMAX_AGREEMENT = 0.999

@@ -25,8 +25,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from segensemble.errors import PlanError, first_line
-from segensemble.files import open_regular
 from segensemble.extras import missing_extra
+from segensemble.files import open_regular
 from segensemble.plan import MemberSpec
 from segensemble.yaml_guard import load_yaml
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.manifest import Manifest
-from segensemble.runtime.views import TTA
+from segensemble.views import TTA
 
 
 def bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segensemble.errors import SegEnsembleError
-from segensemble.names import safe_name
 from segensemble.manifest import read_manifest
+from segensemble.names import safe_name
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.errors import ExportError
-from segensemble.export.graph import GRAPH_FORMAT, build_graph, external_data, member_output, profile_file
+from segensemble.export.graph import build_graph, external_data
 from segensemble.export.reference import Reference, bilinear
+from segensemble.graph_io import GRAPH_FORMAT, INPUT, LABELS, PROBS, member_output, profile_file
 from segensemble.manifest import GraphEntry, Manifest, Verification, file_sha256
 
 MAX_ABS_PROB = 1e-4
@@ -76,22 +77,22 @@ def verify(graph: Path, manifest: Manifest, reference: Reference, thorough: bool
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-    names = ["labels", "probs", *[member_output(m.name) for m in manifest.members]]
+    names = [LABELS, PROBS, *[member_output(m.name) for m in manifest.members]]
     square, odd, small = verification_sizes(manifest)
     sizes = ([square, odd] + ([small] if any(not m.input_size for m in manifest.members) else [])) if thorough else [odd]
     worst, agree, batch_gap = 0.0, 1.0, 0.0
     for i, hw in enumerate(sizes):
         batch = np.stack([smooth_image(hw, 2 * i + j) for j in range(2 if thorough and hw == square else 1)])
-        got = dict(zip(names, session.run(names, {"image": batch})))
+        got = dict(zip(names, session.run(names, {INPUT: batch})))
         want, members = reference.predict(manifest, batch[0])
-        diffs = [np.abs(got["probs"][0] - want).max()] + [np.abs(got[member_output(k)][0] - v).max() for k, v in members.items()]
+        diffs = [np.abs(got[PROBS][0] - want).max()] + [np.abs(got[member_output(k)][0] - v).max() for k, v in members.items()]
         worst = max(worst, float(max(diffs)))
         top2 = np.sort(want, axis=0)[-2:]
         clear = (top2[1] - top2[0]) > 2 * MAX_ABS_PROB
-        agree = min(agree, float((got["labels"][0] == want.argmax(0))[clear].mean()) if clear.any() else 1.0)
+        agree = min(agree, float((got[LABELS][0] == want.argmax(0))[clear].mean()) if clear.any() else 1.0)
         if len(batch) > 1:
-            alone = session.run(["probs"], {"image": batch[1:]})[0]
-            batch_gap = float(np.abs(alone[0] - got["probs"][1]).max())
+            alone = session.run([PROBS], {INPUT: batch[1:]})[0]
+            batch_gap = float(np.abs(alone[0] - got[PROBS][1]).max())
     figures = Verification(max_abs_prob=worst, labels_agree=agree, sizes=[list(s) for s in sizes], batch=2 if thorough else 1,
                            batch_vs_alone=batch_gap)
     if worst > MAX_ABS_PROB or agree < 1.0 or batch_gap > MAX_ABS_PROB:

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.formats.images import list_images, read_image
-from segensemble.runtime.engine import LABELS, PROBS, Engine, Want
-from segensemble.runtime.sessions import RuntimeOptions
+from segensemble.run_config import Precision, RunConfig
+from segensemble.runtime.engine import LABELS, PROBS, Want, open_engine
 
 SAMPLE_IMAGES = 8
 
 
-def sample_images(build_dir: Path, calib_images: Path | None, plan_images: list[str]) -> list[np.ndarray]:
+def sample_images(calib_images: Path | None, plan_images: list[str]) -> list[np.ndarray]:
     """Up to SAMPLE_IMAGES images: --calib-images, else the plan's bn_images, else smooth synthetic ones."""
     from segensemble.export.verify_graph import smooth_image
 
@@ -25,12 +25,12 @@ def sample_images(build_dir: Path, calib_images: Path | None, plan_images: list[
     return [smooth_image((256, 320), seed) for seed in range(SAMPLE_IMAGES)]
 
 
-def agreement(build_dir: Path, precision: str, images: list[np.ndarray], options: RuntimeOptions = RuntimeOptions()) -> dict:
+def agreement(build_dir: Path, precision: str, images: list[np.ndarray], config: RunConfig = RunConfig()) -> dict:
     """Labels agreement (worst image and all pixels) and max |ΔP| of ``precision`` against fp32."""
     from dataclasses import replace
 
-    exact = Engine.from_build(build_dir, replace(options, precision="fp32"))
-    fast = Engine.from_build(build_dir, replace(options, precision=precision))
+    exact = open_engine(build_dir, replace(config, precision=Precision.FP32))
+    fast = open_engine(build_dir, replace(config, precision=Precision(precision)))
     want = Want({LABELS, PROBS})
     agree, diffs, pixels, same = [], [], 0, 0
     for image in images:

@@ -80,7 +80,7 @@ def bn_batches(folder: str | Path, size_hw: tuple[int, int] | None, mean, std, s
     from tqdm import tqdm
 
     from segensemble.formats.images import list_images, read_image
-    from segensemble.runtime.views import prepare_input
+    from segensemble.views import prepare_input
 
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     pending: list[np.ndarray] = []

@@ -20,12 +20,13 @@ import numpy as np
 
 from segensemble.cost import Budget, Cost, image_cost
 from segensemble.errors import ImageError, SegEnsembleError
-from segensemble.export.graph import member_output
 from segensemble.formats.images import ImageRef, read_image
-from segensemble.manifest import Manifest, MemberEntry, read_manifest
+from segensemble.graph_io import LABELS, PROBS, member_output
+from segensemble.manifest import Build, Manifest, MemberEntry
+from segensemble.run_config import RunConfig
 from segensemble.runtime.sessions import GraphSession, RunControl, RuntimeOptions, open_graph
 
-LABELS, PROBS, MEMBERS = "labels", "probs", "members"
+MEMBERS = "members"  # with LABELS and PROBS (graph_io): what a job may ask of the graph
 Want = frozenset  # of LABELS, PROBS, MEMBERS: what a job needs back from the graph
 
 
@@ -55,19 +56,20 @@ class Runner(Protocol):
 class Engine:
     """One ONNX Runtime session over a build's ensemble graph (thread-safe, built once)."""
 
-    def __init__(self, manifest: Manifest, build_dir: Path, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8,
+    def __init__(self, build: Build, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8,
                  workers: int = 1, profile: str | None = None, graphs: dict | None = None, budget: Budget = Budget()):
-        self.build_dir = Path(build_dir)
+        self.build = build
+        self.build_dir = build.dir
         self.budget = budget
-        self.base_manifest = manifest
-        self.manifest = manifest.profile(profile)
+        self.base_manifest = build.manifest
+        self.manifest = build.manifest.profile(profile)
         self.profile = profile
         self.options = options
         self.max_batch = max(1, max_batch)  # images per graph run
         self.workers = max(1, workers)  # batches in flight in stream()
         self._graphs = graphs if graphs is not None else {}  # profile -> session, shared by with_profile views
         if profile not in self._graphs:
-            path = manifest.graph_entry(profile).verify(self.build_dir)
+            path = build.graph(profile)
             graph = open_graph(path, options, trt_default_profile(self.manifest, self.max_batch))
             _check_classes(graph, self.manifest.classes)
             self._graphs[profile] = graph
@@ -76,18 +78,17 @@ class Engine:
     @classmethod
     def from_build(cls, build_dir: str | Path, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8,
                    workers: int = 1, profile: str | None = None, budget: Budget = Budget()) -> Engine:
-        manifest = read_manifest(build_dir)
         if options.trt_cache_dir is None:
             from dataclasses import replace
 
             options = replace(options, trt_cache_dir=str(Path(build_dir) / "trt-cache"))
-        return cls(manifest, Path(build_dir), options, max_batch, workers, profile, budget=budget)
+        return cls(Build.open(build_dir), options, max_batch, workers, profile, budget=budget)
 
     def with_profile(self, name: str | None) -> Engine:
         """The engine of a named profile of this build (its own graph file; sessions opened once)."""
         if name == self.profile:
             return self
-        return Engine(self.base_manifest, self.build_dir, self.options, self.max_batch, self.workers, name, self._graphs, self.budget)
+        return Engine(self.build, self.options, self.max_batch, self.workers, name, self._graphs, self.budget)
 
     def cost(self, image_hw: tuple[int, int], batch: int = 1) -> Cost:
         return image_cost(self.members, image_hw, len(self.classes), batch)
@@ -181,6 +182,19 @@ class Engine:
                     yield from _settled(running.popleft())
             while running:
                 yield from _settled(running.popleft())
+
+
+def open_engine(build_dir: str | Path, config: RunConfig = RunConfig(), profile: str | None = None, **options) -> Engine:
+    """The one way every entry point opens a build: its graph (or a profile's) under ``config``.
+
+    ``options`` are the session settings a RunConfig does not carry (RuntimeOptions fields such as
+    ``trt_profile`` or ``trt_cache_dir``), for callers that tune the session itself."""
+    from dataclasses import replace
+
+    runtime = replace(RuntimeOptions(config.providers, config.threads, precision=config.precision.value, streams=config.calls_in_flight,
+                                     io_binding=config.io_binding), **options)
+    return Engine.from_build(build_dir, runtime, max_batch=config.images_per_call, workers=config.calls_in_flight, profile=profile,
+                             budget=config.budget)
 
 
 def _check_classes(graph: GraphSession, classes: list[str]) -> None:

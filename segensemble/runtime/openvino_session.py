@@ -8,7 +8,6 @@ OpenVINO would emulate it, slower than fp32.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from segensemble.errors import SegEnsembleError
 from segensemble.extras import missing_extra
+from segensemble.graph_io import INPUT
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -57,10 +57,6 @@ class OpenVinoSession:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _request: object = field(default=None, repr=False)
 
-    @property
-    def outputs(self) -> dict:
-        return json.loads(self.metadata.get("outputs", "{}"))
-
     def output_channels(self, name: str) -> int:
         return int(self.compiled.output(name).get_partial_shape()[1].get_length())
 
@@ -70,7 +66,7 @@ class OpenVinoSession:
         with self._lock:
             if self._request is None:
                 self._request = self.compiled.create_infer_request()
-            result = self._request.infer({"image": images})
+            result = self._request.infer({INPUT: images})
             return [np.array(result[self.compiled.output(n)]) for n in names]
 
 

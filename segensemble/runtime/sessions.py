@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import logging
 import threading
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.errors import SegEnsembleError, first_line
+from segensemble.graph_io import INPUT
+from segensemble.run_config import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +142,6 @@ class GraphSession:
     precision: str = "fp32"
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
-    @property
-    def outputs(self) -> dict:
-        return json.loads(self.metadata.get("outputs", "{}"))
-
     def output_channels(self, name: str) -> int:
         return next(o.shape[1] for o in self.session.get_outputs() if o.name == name)
 
@@ -163,7 +160,7 @@ class GraphSession:
         options = control.options(self.device) if control else None
         try:
             if not self.io_binding:
-                return self.session.run(names, {"image": images}, options)
+                return self.session.run(names, {INPUT: images}, options)
             return self._run_bound(images, names, options)
         except Exception as exc:
             if control and control.cancelled:
@@ -180,7 +177,7 @@ class GraphSession:
         if cached is None or cached[0] != key:
             binding = self.session.io_binding()
             value = ort.OrtValue.ortvalue_from_shape_and_type(images.shape, np.uint8, self.device, 0)
-            binding.bind_ortvalue_input("image", value)
+            binding.bind_ortvalue_input(INPUT, value)
             cached = self._local.bound = (key, binding, value)
         _, binding, value = cached
         value.update_inplace(images)
@@ -203,9 +200,6 @@ def session_options(options: RuntimeOptions):
     # busy-waiting workers steal the cores that decoding, the HTTP loop and the other batch in flight need
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
     return so
-
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def open_graph(path: str | Path, options: RuntimeOptions = RuntimeOptions(), default_profile=None):

@@ -15,12 +15,9 @@ from segensemble.serve.settings import ServeSettings
 
 def open_engine(settings: ServeSettings):
     """The engine the settings ask for; opened before uvicorn starts, so a bad build is a one-line error."""
-    from segensemble.runtime.engine import Engine
-    from segensemble.runtime.sessions import RuntimeOptions
+    from segensemble.runtime.engine import open_engine as open_build
 
-    options = RuntimeOptions(settings.providers, settings.threads, trt_fp16=settings.trt_fp16, precision=settings.precision,
-                             streams=settings.workers)
-    return Engine.from_build(settings.build_dir, options, settings.max_batch, budget=settings.budget)
+    return open_build(settings.build_dir, settings.run_config)
 
 
 def create_app(settings: ServeSettings, engine=None):
@@ -45,7 +42,7 @@ def create_app(settings: ServeSettings, engine=None):
             profiled = state.engine.with_profile(name)
             profiled.predict([np.zeros((64, 64, 3), np.uint8)])  # warm-up: first ORT runs allocate and tune
             state.batchers[name] = Batcher(profiled, settings.max_batch, settings.batch_window_ms / 1000, settings.max_queue,
-                                           on_batch=state.metrics.batch_size.observe, workers=settings.workers)
+                                           on_batch=state.metrics.batch_size.observe, workers=settings.calls_in_flight)
         for batcher in state.batchers.values():
             batcher.start()
         state.ready = True

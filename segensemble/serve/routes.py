@@ -98,7 +98,7 @@ async def segment(request: Request, state: State, fmt: Format = "png", profile: 
         data, source = await _receive(state, settings, request)
         ticket = await _admit(settings, batcher, data, source, deadline)
         try:
-            image = await _off_loop(deadline, decode_image, data, source, settings.max_pixels)
+            image = await _off_loop(deadline, settings.timeout_s, decode_image, data, source, settings.max_pixels)
         except BaseException:
             batcher.release(ticket)
             raise
@@ -131,12 +131,13 @@ async def _receive(state: ServeState, settings: ServeSettings, request: Request)
         state.uploads -= 1
 
 
-async def _off_loop(deadline: float, fn, *args):
+async def _off_loop(deadline: float, timeout_s: float, fn, *args):
     """``fn(*args)`` in the thread pool, never on the event loop; 504 at the deadline, 422 for a bad image."""
     try:
         return await asyncio.wait_for(run_in_threadpool(fn, *args), max(0.0, deadline - time.monotonic()))
     except asyncio.TimeoutError:
-        raise HTTPException(504, "the image was not decoded before the request's deadline") from None
+        raise HTTPException(504, f"not answered within {timeout_s:g}s of its arrival (the time ran out while its image "
+                                 "was read)") from None
     except ImageError as exc:
         raise HTTPException(422, f"{exc.source}: {exc.reason}") from None
 
@@ -144,7 +145,7 @@ async def _off_loop(deadline: float, fn, *args):
 async def _admit(settings: ServeSettings, batcher: Batcher, data: bytes, source: str, deadline: float) -> Ticket:
     """Header checks (pixels, the ensemble's cost budget) and a place in the queue, before any pixel is decoded;
     a request the admitted work would keep past its deadline is refused now (503), not timed out later."""
-    hw = await _off_loop(deadline, header_size, data, source)
+    hw = await _off_loop(deadline, settings.timeout_s, header_size, data, source)
     if hw[0] * hw[1] > settings.max_pixels:
         raise HTTPException(422, f"{source}: {hw[1]}x{hw[0]} = {hw[0] * hw[1]} pixels exceeds the limit of {settings.max_pixels}")
     try:

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from segensemble.cost import DEFAULT_MAX_MEGAPIXEL_VIEWS, DEFAULT_MAX_MEMORY_MB, Budget
 from segensemble.errors import SegEnsembleError
+from segensemble.run_config import Precision, RunConfig
 
 
 class ServeSettings(BaseSettings):
@@ -19,13 +20,16 @@ class ServeSettings(BaseSettings):
 
     build_dir: Path = Field(validation_alias=AliasChoices("build_dir", "SEGENSEMBLE_BUILD"), description="the build directory")
     providers: Annotated[tuple[str, ...] | None, NoDecode] = Field(None, description="ONNX Runtime providers in order (env: comma-separated)")
-    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per physical core)")
-    trt_fp16: bool = False
-    precision: str = Field("fp32", pattern="^(fp32|bf16|fp16)$", description="fp32, bf16 (OpenVINO, CPU) or fp16 (TensorRT)")
+    intra_op_threads: int = Field(0, ge=0, validation_alias=AliasChoices(
+        "intra_op_threads", "SEGENSEMBLE_INTRA_OP_THREADS", "SEGENSEMBLE_THREADS"),
+        description="ONNX Runtime threads per call (0: the cores divided among the calls in flight; with one, ORT's default)")
+    precision: Precision = Field(Precision.FP32, description="fp32, bf16 (OpenVINO, CPU) or fp16 (TensorRT)")
     max_batch: int = Field(8, ge=1, description="most images grouped into one engine call")
     batch_window_ms: float = Field(5.0, ge=0, description="how long the first request of a batch waits for company")
     max_queue: int = Field(64, ge=1, description="requests waiting for the engine beyond this get 503")
-    workers: int = Field(1, ge=1, description="engine calls running at once (throughput mode: 2 workers x --threads 1)")
+    calls_in_flight: int = Field(1, ge=1, validation_alias=AliasChoices(
+        "calls_in_flight", "SEGENSEMBLE_CALLS_IN_FLIGHT", "SEGENSEMBLE_WORKERS"),
+        description="engine calls running at once (throughput mode: 2 calls x 1 intra-op thread)")
     max_body_mb: float = Field(20.0, gt=0)
     max_pixels: int = Field(40_000_000, ge=1)
     timeout_s: float = Field(30.0, gt=0, description="a request not answered by then gets 504")
@@ -64,6 +68,12 @@ class ServeSettings(BaseSettings):
     @property
     def budget(self) -> Budget:
         return Budget(self.max_cost, self.max_memory_mb)
+
+    @property
+    def run_config(self) -> RunConfig:
+        """The engine's RunConfig: one call holds up to ``max_batch`` requests' images."""
+        return RunConfig(self.providers, self.precision, self.intra_op_threads, self.calls_in_flight, self.max_batch,
+                         self.max_cost, self.max_memory_mb)
 
     @property
     def max_body_bytes(self) -> int:

@@ -14,9 +14,9 @@ import numpy as np
 from tqdm import tqdm
 
 from segensemble.errors import SegEnsembleError
-from segensemble.export.graph import ViewId, build_graph, list_views, view_output
+from segensemble.export.graph import build_graph
 from segensemble.formats.images import ImageRef, read_image
-from segensemble.manifest import verify_file
+from segensemble.graph_io import ViewId, list_views, view_output
 from segensemble.runtime.engine import Engine
 from segensemble.runtime.sessions import GraphSession, open_graph
 
@@ -92,7 +92,7 @@ def _member_graphs(engine: Engine, folder: Path) -> list[tuple[GraphSession, lis
     out = []
     for mi, member in enumerate(engine.members):
         for model in member.models:
-            verify_file(engine.build_dir, model.file, model.onnx_sha256)
+            engine.build.model(model)
         alone = engine.manifest.model_copy(update={"members": [member], "profiles": {}})
         path = build_graph(alone, engine.build_dir, folder / f"member{mi}.views.onnx", views=True)
         out.append((open_graph(path, engine.options), [view_output(j) for j in range(member.views)]))

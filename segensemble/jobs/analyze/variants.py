@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from segensemble.export.graph import ViewId
+from segensemble.graph_io import ViewId
 from segensemble.manifest import MemberEntry
 
 

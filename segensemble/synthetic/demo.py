@@ -8,7 +8,6 @@ the ensemble, predicts the test set into a submission CSV, writes pseudo-labels,
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,14 +68,14 @@ def _run_jobs(out: Path, plan_file: Path, train, val, test) -> dict:
     from segensemble.jobs.pseudo_label import PseudoOptions, default_report, pseudo_label
     from segensemble.jobs.pseudo_rule import PseudoRule
     from segensemble.plan import load_plan
-    from segensemble.runtime.engine import Engine
-    from segensemble.runtime.sessions import RuntimeOptions
+    from segensemble.run_config import RunConfig
+    from segensemble.runtime.engine import open_engine
 
     _step(3, TOTAL, f"building {plan_file} (exports verified against PyTorch, the ensemble graph against the reference loop)")
     result = build(load_plan(plan_file), out / "build")
     print(plan_table(result.manifest))
     print("\n".join(describe(result.manifest.graphs)))
-    engine = Engine.from_build(out / "build", RuntimeOptions(threads=max(1, (os.cpu_count() or 2) // 2)), workers=2)
+    engine = open_engine(out / "build", RunConfig(calls_in_flight=2))
     _step(4, TOTAL, "evaluating each member and the ensemble on the validation set")
     report = evaluate(engine, val.coco, val.images, EvaluateOptions())
     write_atomic(out / "evaluation.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))

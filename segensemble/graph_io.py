@@ -1,0 +1,58 @@
+"""The ensemble graph's contract, in one home that its writer (``export/graph.py``) and every reader (the
+engine, both session kinds, the build's verifier, the Ray engine, analyze) import: file names, the input's
+and outputs' names, the view order, the format version. docs/graph.md describes the same for other runtimes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from segensemble.names import safe_name
+
+GRAPH_FILE = "ensemble.onnx"
+GRAPH_FORMAT = "1"  # bump when the graph's contract (inputs, outputs, semantics) changes
+INPUT = "image"  # uint8 (N, H, W, 3) RGB
+LABELS = "labels"  # (N, H, W) uint8 class ids (int32 past 256 classes)
+PROBS = "probs"  # (N, C, H, W) float32, the weighted vote
+
+
+def member_output(name: str) -> str:
+    """A member's probabilities (N, C, H, W): the mean over its views."""
+    return f"member:{name}"
+
+
+def view_output(index: int) -> str:
+    """One view's probabilities at H x W, in ``list_views`` order (the views graph analyze builds)."""
+    return f"view:{index}"
+
+
+def profile_file(profile: str | None) -> str:
+    """The graph file of a profile (None: the whole ensemble)."""
+    if profile is None:
+        return GRAPH_FILE
+    return f"ensemble.{safe_name(profile)}.onnx"
+
+
+class _Member(Protocol):
+    scales: list[float]
+    tta: list[str]
+
+    @property
+    def model_count(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class ViewId:
+    """One view of the ensemble: member index, model index within it, scale, TTA name."""
+
+    member: int
+    model: int
+    scale: float
+    tta: str
+
+
+def list_views(members: Sequence[_Member]) -> list[ViewId]:
+    """Every view, in the graph's order: member, model, scale, then TTA view."""
+    return [ViewId(mi, k, s, t) for mi, m in enumerate(members) for k in range(m.model_count) for s in m.scales for t in m.tta]
