@@ -45,6 +45,8 @@ class RunConfig:
     max_cost: float = DEFAULT_MAX_MEGAPIXEL_VIEWS
     max_memory_mb: float = DEFAULT_MAX_MEMORY_MB
     io_binding: bool | None = None  # None: on when a GPU provider is active
+    # TensorRT's optimization-profile shapes of the input, (N, H, W) min, opt, max (not a plan profile); None: from the plan
+    trt_shapes: tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]] | None = None
 
     def __post_init__(self) -> None:
         try:

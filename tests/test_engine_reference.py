@@ -10,10 +10,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from segensemble.export.reference import Reference, bilinear
+from segensemble.export.reference import Reference
 from segensemble.formats.images import read_image
 from segensemble.manifest import read_manifest
 from segensemble.runtime.engine import LABELS, MEMBERS, PROBS, Want
+from segensemble.views import bilinear
 
 EVERYTHING = Want({LABELS, PROBS, MEMBERS})
 

@@ -10,7 +10,7 @@ import pytest
 from segensemble.errors import SegEnsembleError
 from segensemble.formats.images import read_image
 from segensemble.runtime.engine import LABELS, MEMBERS, PROBS, Engine, Want
-from segensemble.runtime.sessions import CPU, CUDA, TRT, GraphSession, RuntimeOptions, resolve_providers, trt_profile_shapes
+from segensemble.runtime.sessions import CPU, CUDA, TRT, GraphSession, RuntimeOptions, resolve_providers, trt_shape_options
 
 GPU_BUILD = [TRT, CUDA, CPU]
 
@@ -78,8 +78,8 @@ def test_io_binding_path_equals_plain_run(built, data):
 
 
 def test_tensorrt_profile_from_the_plan(engine):
-    from segensemble.runtime.engine import trt_default_profile
+    from segensemble.runtime.engine import trt_default_shapes
 
-    low, opt, high = trt_default_profile(engine.manifest, 4)
+    low, opt, high = trt_default_shapes(engine.manifest, 4)
     assert low == (1, 32, 32) and opt == (1, 96, 96) and high == (4, 192, 192)  # unet-epochs has input_size 96x96
-    assert trt_profile_shapes((low, opt, high))["trt_profile_opt_shapes"] == "image:1x96x96x3"
+    assert trt_shape_options((low, opt, high))["trt_profile_opt_shapes"] == "image:1x96x96x3"

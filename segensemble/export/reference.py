@@ -12,26 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.manifest import Manifest
-from segensemble.views import TTA
-
-
-def bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Half-pixel-centre bilinear resize of (H, W, C), edges clamped, no antialias (cv2 INTER_LINEAR)."""
-    h, w = x.shape[:2]
-
-    def axis(n_out, n_in):
-        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
-        lo = np.minimum(np.floor(src).astype(int), n_in - 1)
-        hi = np.minimum(lo + 1, n_in - 1)
-        frac = np.where(lo >= n_in - 1, 0.0, src - lo)
-        return lo, hi, frac
-
-    y0, y1, fy = axis(out_h, h)
-    x0, x1, fx = axis(out_w, w)
-    x = x.astype(np.float64)
-    top = x[y0][:, x0] * (1 - fx)[None, :, None] + x[y0][:, x1] * fx[None, :, None]
-    bottom = x[y1][:, x0] * (1 - fx)[None, :, None] + x[y1][:, x1] * fx[None, :, None]
-    return top * (1 - fy)[:, None, None] + bottom * fy[:, None, None]
+from segensemble.views import TTA, bilinear
 
 
 def model_input(image: np.ndarray, member, scale: float = 1.0) -> tuple[np.ndarray, tuple[int, int]]:

@@ -17,9 +17,10 @@ import numpy as np
 
 from segensemble.errors import ExportError
 from segensemble.export.graph import build_graph, external_data
-from segensemble.export.reference import Reference, bilinear
+from segensemble.export.reference import Reference
 from segensemble.graph_io import GRAPH_FORMAT, INPUT, LABELS, PROBS, member_output, profile_file
 from segensemble.manifest import GraphEntry, Manifest, Verification, file_sha256
+from segensemble.synthetic.data import smooth_image
 
 MAX_ABS_PROB = 1e-4
 
@@ -28,12 +29,6 @@ def verification_sizes(manifest: Manifest) -> list[tuple[int, int]]:
     """Square, non-square and odd sizes around twice the largest stride (members without input_size run at them)."""
     s = max(m.stride for m in manifest.members)
     return [(2 * s, 2 * s), (2 * s + 7, 3 * s - 5), (s + 1, 2 * s + 3)]
-
-
-def smooth_image(hw: tuple[int, int], seed: int) -> np.ndarray:
-    """Low-frequency random RGB: image-like regions, so predictions are not all near-ties."""
-    coarse = np.random.default_rng(seed).uniform(0, 255, (max(2, hw[0] // 8), max(2, hw[1] // 8), 3))
-    return np.clip(bilinear(coarse, *hw), 0, 255).astype(np.uint8)
 
 
 def write_graphs(manifest: Manifest, build_dir: Path, previous: Manifest | None = None, progress=print) -> dict[str, GraphEntry]:

@@ -17,7 +17,7 @@ SAMPLE_IMAGES = 8
 
 def sample_images(calib_images: Path | None, plan_images: list[str]) -> list[np.ndarray]:
     """Up to SAMPLE_IMAGES images: --calib-images, else the plan's bn_images, else smooth synthetic ones."""
-    from segensemble.export.verify_graph import smooth_image
+    from segensemble.synthetic.data import smooth_image
 
     for folder in [calib_images, *plan_images]:
         if folder and Path(folder).is_dir():

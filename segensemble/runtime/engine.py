@@ -70,7 +70,7 @@ class Engine:
         self._graphs = graphs if graphs is not None else {}  # profile -> session, shared by with_profile views
         if profile not in self._graphs:
             path = build.graph(profile)
-            graph = open_graph(path, options, trt_default_profile(self.manifest, self.max_batch))
+            graph = open_graph(path, options, trt_default_shapes(self.manifest, self.max_batch))
             _check_classes(graph, self.manifest.classes)
             self._graphs[profile] = graph
         self.graph: GraphSession = self._graphs[profile]
@@ -188,11 +188,11 @@ def open_engine(build_dir: str | Path, config: RunConfig = RunConfig(), profile:
     """The one way every entry point opens a build: its graph (or a profile's) under ``config``.
 
     ``options`` are the session settings a RunConfig does not carry (RuntimeOptions fields such as
-    ``trt_profile`` or ``trt_cache_dir``), for callers that tune the session itself."""
+    ``trt_cache_dir``), for callers that tune the session itself."""
     from dataclasses import replace
 
     runtime = replace(RuntimeOptions(config.providers, config.threads, precision=config.precision.value, streams=config.calls_in_flight,
-                                     io_binding=config.io_binding), **options)
+                                     io_binding=config.io_binding, trt_shapes=config.trt_shapes), **options)
     return Engine.from_build(build_dir, runtime, max_batch=config.images_per_call, workers=config.calls_in_flight, profile=profile,
                              budget=config.budget)
 
@@ -206,7 +206,7 @@ def _check_classes(graph: GraphSession, classes: list[str]) -> None:
                                f"{len(classes)}: {classes}; rerun `ensemble build`")
 
 
-def trt_default_profile(manifest: Manifest, max_batch: int):
+def trt_default_shapes(manifest: Manifest, max_batch: int):
     """TensorRT's (N, H, W) min/opt/max for the input, from the plan: opt at the members' input size (or
     512 x 512), max twice that, batches up to ``max_batch``."""
     sizes = [tuple(m.input_size) for m in manifest.members if m.input_size]

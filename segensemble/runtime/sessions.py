@@ -41,8 +41,8 @@ class RuntimeOptions:
     spin: bool = False  # ORT worker threads busy-wait between ops; measured slower here (see docs/benchmarks.md)
     trt_cache_dir: str | None = None  # engine + timing cache; the build directory's trt-cache/ by default
     trt_fp16: bool = False
-    # TensorRT optimization profile of the input `image`: ((N, H, W) min, opt, max); None = from the plan
-    trt_profile: tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]] | None = None
+    # TensorRT's optimization-profile shapes of the input `image` ((N, H, W) min, opt, max; not a plan profile); None: from the plan
+    trt_shapes: tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]] | None = None
     io_binding: bool | None = None  # None: on when a GPU provider is active (input up once, requested outputs down)
     precision: str = "fp32"  # fp32 (exact, ONNX Runtime), bf16 (OpenVINO on a CPU with bf16), fp16 (TensorRT)
     streams: int = 1  # runs in flight at once (the engine's workers); OpenVINO sizes its CPU streams by it
@@ -98,10 +98,10 @@ def _provider_entries(names: list[str], options: RuntimeOptions, profile_shapes:
     return entries
 
 
-def trt_profile_shapes(profile) -> dict[str, str]:
-    """TensorRT EP provider options for an (N, H, W) min/opt/max profile of the uint8 NHWC input."""
+def trt_shape_options(shapes) -> dict[str, str]:
+    """TensorRT EP provider options for (N, H, W) min/opt/max shapes of the uint8 NHWC input."""
     keys = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
-    return {k: f"image:{n}x{h}x{w}x3" for k, (n, h, w) in zip(keys, profile)}
+    return {k: f"{INPUT}:{n}x{h}x{w}x3" for k, (n, h, w) in zip(keys, shapes)}
 
 
 class RunCancelled(Exception):
@@ -202,7 +202,7 @@ def session_options(options: RuntimeOptions):
     return so
 
 
-def open_graph(path: str | Path, options: RuntimeOptions = RuntimeOptions(), default_profile=None):
+def open_graph(path: str | Path, options: RuntimeOptions = RuntimeOptions(), default_shapes=None):
     """Load an ensemble graph on the runtime its precision needs: ONNX Runtime (fp32 on any provider, fp16 on
     TensorRT) or OpenVINO (bf16 on a CPU with native bf16). Both answer the same calls."""
     path = Path(path)
@@ -215,10 +215,10 @@ def open_graph(path: str | Path, options: RuntimeOptions = RuntimeOptions(), def
 
         check_bf16()
         return open_openvino(path, "bf16", options.threads, options.streams)
-    return _open_onnxruntime(path, options, default_profile)
+    return _open_onnxruntime(path, options, default_shapes)
 
 
-def _open_onnxruntime(path: Path, options: RuntimeOptions, default_profile) -> GraphSession:
+def _open_onnxruntime(path: Path, options: RuntimeOptions, default_shapes) -> GraphSession:
     import onnxruntime as ort
 
     names = resolve_providers(options.providers)
@@ -227,8 +227,8 @@ def _open_onnxruntime(path: Path, options: RuntimeOptions, default_profile) -> G
             raise SegEnsembleError(f"--precision fp16 runs on TensorRT, which is not usable here (providers: {', '.join(names)}); "
                                    "on a CPU use --precision bf16 (OpenVINO), or fp32")
         options = replace(options, trt_fp16=True)
-    profile = options.trt_profile or default_profile
-    entries = _provider_entries(names, options, trt_profile_shapes(profile) if profile and TRT in names else None)
+    shapes = options.trt_shapes or default_shapes
+    entries = _provider_entries(names, options, trt_shape_options(shapes) if shapes and TRT in names else None)
     try:
         session = ort.InferenceSession(str(path), sess_options=session_options(options), providers=entries)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types

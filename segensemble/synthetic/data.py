@@ -15,6 +15,7 @@ import numpy as np
 
 from segensemble.formats.atomic import write_atomic
 from segensemble.formats.coco import encode_rle
+from segensemble.views import bilinear
 
 TRASH_CLASSES = ["Background", "General trash", "Paper", "Paper pack", "Metal", "Glass",
                  "Plastic", "Styrofoam", "Plastic bag", "Battery", "Clothing"]
@@ -96,3 +97,9 @@ def write_split(root: str | Path, count: int, class_names: list[str], size_hw: t
 def _bbox(mask: np.ndarray) -> list[float]:
     ys, xs = np.nonzero(mask)
     return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+
+
+def smooth_image(hw: tuple[int, int], seed: int) -> np.ndarray:
+    """Low-frequency random RGB: image-like regions, so predictions are not all near-ties."""
+    coarse = np.random.default_rng(seed).uniform(0, 255, (max(2, hw[0] // 8), max(2, hw[1] // 8), 3))
+    return np.clip(bilinear(coarse, *hw), 0, 255).astype(np.uint8)
