@@ -134,7 +134,7 @@ def run_engine(work: Path, threads: int, batch_images: int, workers: int, provid
 
     options = RuntimeOptions(tuple(providers) if providers else None, threads=max(1, threads // workers), trt_fp16=trt_fp16,
                              precision=precision, streams=workers)
-    engine = Engine.from_build(work / "build", options, max_batch=batch_images, workers=workers)
+    engine = Engine.from_build(work / "build", options, images_per_call=batch_images, workers=workers)
     refs = list_images(work / "images")
     inside = _time_runs(engine.graph)
     for _ in engine.stream(refs[:1], Want({PROBS})):  # warm-up (arena, TensorRT engine build or cache load)

@@ -74,7 +74,7 @@ def test_bad_image_stops_keeps_rows_and_resume_finishes(engine, data, tmp_path):
     out.write_text("an earlier submission\n")
     refs = list_images(folder)
     with pytest.raises(ImageError, match="test_0003.png"):
-        predict_to_files(engine, refs, PredictOptions(csv=out, batch_images=1, progress=False))
+        predict_to_files(engine, refs, PredictOptions(csv=out, progress=False))
     assert out.read_text() == "an earlier submission\n"  # nothing already written is lost
     partial = _rows(out.with_name("sub.csv.partial"))
     assert [r[0] for r in partial[1:]] == ["test_0000.png", "test_0001.png", "test_0002.png"]

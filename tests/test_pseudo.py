@@ -105,7 +105,7 @@ def test_job_with_known_probabilities(engine, tmp_path):
     refs = [ImageRef(f"img_{i}.png", tmp_path / f"img_{i}.png") for i in range(len(cases))]
 
     class Known(_Wrapped):
-        def stream(self, todo, want, batch_images=1):
+        def stream(self, todo, want):
             by_id = {r.image_id: c for r, (_, c) in zip(refs, cases)}
             for ref in todo:
                 probs = np.concatenate([by_id[ref.image_id][0], np.zeros((1, *by_id[ref.image_id][0].shape[1:]), np.float32)])
@@ -202,8 +202,8 @@ def test_resume_continues_the_journal(engine, data, tmp_path):
     calls = []
 
     class Interrupted(_Wrapped):
-        def stream(self, todo, want, batch_images=1):
-            for i, item in enumerate(engine.stream(todo, want, batch_images=1)):
+        def stream(self, todo, want):
+            for i, item in enumerate(engine.stream(todo, want)):
                 calls.append(item[0].image_id)
                 if i == 3:
                     raise KeyboardInterrupt
@@ -215,9 +215,9 @@ def test_resume_continues_the_journal(engine, data, tmp_path):
     seen = []
 
     class Counting(_Wrapped):
-        def stream(self, todo, want, batch_images=1):
+        def stream(self, todo, want):
             seen.extend(r.image_id for r in todo)
-            yield from engine.stream(todo, want, batch_images=batch_images)
+            yield from engine.stream(todo, want)
 
     pseudo_label(Counting(engine), refs, PseudoOptions(output=out, rule=PseudoRule(0.6, 0.5), resume=True, progress=False))
     assert seen == [r.image_id for r in refs[3:]]

@@ -49,7 +49,7 @@ class Deprecated(argparse.Action):
     def __init__(self, option_strings, dest, replaced_by: str, const=None, **kwargs):
         self.replaced_by = replaced_by
         kwargs["default"] = argparse.SUPPRESS  # the new flag's default stands
-        super().__init__(option_strings, dest, const=const, **{**kwargs, "help": f"deprecated: use {replaced_by}"})
+        super().__init__(option_strings, dest, const=const, **{**kwargs, "help": argparse.SUPPRESS})  # said when used
 
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"warning: {option_string} is deprecated; use {self.replaced_by}", file=sys.stderr)
@@ -58,9 +58,9 @@ class Deprecated(argparse.Action):
 
 def add_call_flags(p, calls_default: int, calls_help: str) -> None:
     """How the graph runs: calls in flight and ONNX Runtime threads per call (RunConfig's fields)."""
-    p.add_argument("--calls-in-flight", type=int, default=calls_default, help=calls_help)
+    p.add_argument("--calls-in-flight", type=int, default=calls_default, metavar="N", help=calls_help)
     p.add_argument("--workers", dest="calls_in_flight", type=int, action=Deprecated, replaced_by="--calls-in-flight")
-    p.add_argument("--intra-op-threads", type=int, default=0, help="ONNX Runtime threads per call (default 0: the CPU's "
+    p.add_argument("--intra-op-threads", type=int, default=0, metavar="N", help="ONNX Runtime threads per call (default 0: the CPU's "
                    "cores divided among the calls in flight; with one call, ONNX Runtime's own default)")
     p.add_argument("--threads", dest="intra_op_threads", type=int, action=Deprecated, replaced_by="--intra-op-threads")
 
@@ -73,7 +73,7 @@ def add_runtime_flags(p) -> None:
     add_call_flags(p, 2, "graph runs going at once (default 2: on a CPU two calls with half the threads each beat one with "
                    "all of them; see docs/benchmarks.md)")
     p.add_argument("--profile", help="run a named lighter profile of the plan (profiles: in plan.yaml) instead of the whole ensemble")
-    p.add_argument("--images-per-call", type=int, default=1,
+    p.add_argument("--images-per-call", type=int, default=1, metavar="N",
                    help="consecutive same-size images stacked into one graph run (default 1: fastest and leanest on CPU; "
                    "raise it on a GPU)")
     p.add_argument("--batch-images", dest="images_per_call", type=int, action=Deprecated, replaced_by="--images-per-call")

@@ -32,7 +32,7 @@ def run(args) -> int:
     from segensemble.run_config import Precision
     from segensemble.runtime.engine import open_engine as open_local
 
-    options = EvaluateOptions(args.unlabeled, args.images_per_call, not args.quiet)
+    options = EvaluateOptions(args.unlabeled, not args.quiet)
     engine = open_engine(args)
     report = evaluate(engine, args.coco, args.images, options)
     print(f"{args.precision}: {engine.describe()}")

@@ -37,7 +37,7 @@ def run(args) -> int:
     engine = open_engine(args)
     refs = image_refs(args, {"--save-masks": args.save_masks, "--save-probs": args.save_probs})
     options = PredictOptions(csv_path, args.save_masks, args.save_probs, tuple(args.submission_size), args.resume,
-                             args.skip_bad, args.images_per_call, not args.quiet, inputs=(args.coco,) if args.coco else ())
+                             args.skip_bad, not args.quiet, inputs=(args.coco,) if args.coco else ())
     try:
         s = predict_to_files(engine, refs, options)
     except (SegEnsembleError, KeyboardInterrupt, OSError):  # OSError: e.g. the disk is full

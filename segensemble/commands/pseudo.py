@@ -65,7 +65,7 @@ def run(args) -> int:
         output=args.output, rule=rule, merge_with=args.merge, merged_output=args.merged_output, merge_root=args.merge_root,
         images_root=args.images, masks_dir=args.save_masks,
         report=args.report or default_report(args.output), file_prefix=args.file_prefix,
-        resume=args.resume, skip_bad=args.skip_bad, batch_images=args.images_per_call, progress=not args.quiet,
+        resume=args.resume, skip_bad=args.skip_bad, progress=not args.quiet,
         inputs=(args.coco,) if args.coco else (),
     )
     summary = pseudo_label(engine, image_refs(args, {"--save-masks": args.save_masks}), options)

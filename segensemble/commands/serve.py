@@ -21,12 +21,15 @@ def add(sub) -> None:
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order (tensorrt, cuda, cpu)")
     add_call_flags(p, None, "engine calls running at once (default 1: lowest latency; 2 with --intra-op-threads 1 trades latency "
                    "for throughput on a small CPU)")
-    p.add_argument("--max-batch", type=int, default=None, help="most images grouped into one engine call (default 8)")
+    p.add_argument("--max-batch", type=int, default=None, metavar="N", help="most requests grouped into one engine call "
+                   "(default 8; fewer when a quarter of the deadline or --max-memory-mb cannot hold them at the measured speed)")
     p.add_argument("--batch-window-ms", type=float, default=None, help="how long a request waits for others to batch with (default 5)")
-    p.add_argument("--max-queue", type=int, default=None, help="requests waiting beyond this get 503 + Retry-After (default 64)")
+    p.add_argument("--max-queue", type=int, default=None, metavar="N", help="requests admitted (decoding, waiting or running) "
+                   "beyond this get 503 + Retry-After (default 64)")
     p.add_argument("--max-body-mb", type=float, default=None, help="largest request body in MiB (default 20)")
     p.add_argument("--max-pixels", type=int, default=None, help="largest image in pixels (default 40000000)")
-    p.add_argument("--timeout-s", type=float, default=None, help="a request waiting longer gets 504 (default 30)")
+    p.add_argument("--timeout-s", type=float, default=None, metavar="S", help="a request not answered this long after it "
+                   "arrived gets 504, and one the admitted work would keep past it is refused at once with 503 (default 30)")
     p.add_argument("--body-timeout-s", type=float, default=None, help="a request body not received by then gets 408 (default 10)")
     p.add_argument("--max-uploads", type=int, default=None, help="bodies received at once; past it /segment answers 503 (default 64)")
     p.add_argument("--max-cost", type=float, default=None, metavar="MPV", help="refuse (422) an image whose views would cost more "

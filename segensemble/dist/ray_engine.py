@@ -94,8 +94,7 @@ class RayEngine:
     def describe(self) -> str:
         return f"{sum(m.views for m in self.members)} views per image in one graph on {self.actors} Ray actor(s) ({self.precision})"
 
-    def stream(self, refs: Iterable[ImageRef], want: Want = Want({LABELS}), batch_images: int = 1,
-               ) -> Iterator[tuple[ImageRef, Prediction | ImageError]]:
+    def stream(self, refs: Iterable[ImageRef], want: Want = Want({LABELS})) -> Iterator[tuple[ImageRef, Prediction | ImageError]]:
         refs = list(refs)
         if not refs:
             return
@@ -114,7 +113,7 @@ class RayEngine:
         ds = ds.map_batches(
             EnsembleActor, fn_constructor_kwargs={"build_dir": str(self.build_dir), "want": sorted(want),
                                                   "config": self.config, "profile": self.profile},
-            batch_size=batch_images, compute=ray.data.ActorPoolStrategy(size=self.actors), num_gpus=self.gpus_per_actor or None,
+            batch_size=self.config.images_per_call, compute=ray.data.ActorPoolStrategy(size=self.actors), num_gpus=self.gpus_per_actor or None,
             batch_format="numpy",
         )
         for row in ds.iter_rows():

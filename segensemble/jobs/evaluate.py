@@ -18,7 +18,6 @@ ENSEMBLE = "ensemble"
 @dataclass(frozen=True)
 class EvaluateOptions:
     unlabeled: str | None = None  # "background" | "ignore" | None = decide from the plan's first class
-    batch_images: int = 1
     progress: bool = True
 
 
@@ -31,7 +30,7 @@ def evaluate(engine: Runner, coco_path: Path, image_root: Path, options: Evaluat
     refs = coco_images(coco_path, image_root, coco)
     meters = {name: IouMeter(len(classes)) for name in [ENSEMBLE, *(m.name for m in engine.members)]}
     bar = tqdm(total=len(refs), unit="img", desc="evaluate", disable=not options.progress)
-    for ref, result in engine.stream(refs, Want({LABELS, MEMBERS}), batch_images=options.batch_images):
+    for ref, result in engine.stream(refs, Want({LABELS, MEMBERS})):
         if isinstance(result, Exception):
             raise result
         gt = label_map(coco, ref.coco_id, cats, unlabeled)

@@ -24,7 +24,6 @@ class PredictOptions:
     submission_size: tuple[int, int] = (256, 256)
     resume: bool = False
     skip_bad: bool = False
-    batch_images: int = 1
     progress: bool = True
     inputs: tuple[Path, ...] = ()  # files the run reads besides the images (a COCO file): never an output
 
@@ -54,7 +53,7 @@ def predict_to_files(engine: Runner, refs: list[ImageRef], options: PredictOptio
     bar = tqdm(total=len(refs), initial=summary.resumed, unit="img", desc="predict", disable=not options.progress)
     try:
         want = Want({LABELS, PROBS} if options.probs_dir else {LABELS})
-        for ref, result in engine.stream(todo, want, batch_images=options.batch_images):
+        for ref, result in engine.stream(todo, want):
             if isinstance(result, ImageError):
                 if not options.skip_bad:
                     raise result

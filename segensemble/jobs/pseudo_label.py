@@ -46,7 +46,6 @@ class PseudoOptions:
     file_prefix: str = ""
     resume: bool = False
     skip_bad: bool = False
-    batch_images: int = 1
     progress: bool = True
     inputs: tuple[Path, ...] = ()  # files the run reads besides the images (a COCO file): never an output
 
@@ -86,7 +85,7 @@ def pseudo_label(engine: Runner, refs: list[ImageRef], options: PseudoOptions) -
     options.output.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(refs), initial=len(records), unit="img", desc="pseudo-label", disable=not options.progress)
     with open(journal_path, "a" if records else "w") as journal:
-        for ref, result in engine.stream(todo, Want({PROBS}), batch_images=options.batch_images):
+        for ref, result in engine.stream(todo, Want({PROBS})):
             if isinstance(result, ImageError):
                 if not options.skip_bad:
                     raise result

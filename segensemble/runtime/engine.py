@@ -48,7 +48,7 @@ class Runner(Protocol):
     @property
     def members(self) -> list[MemberEntry]: ...
 
-    def stream(self, refs: Iterable[ImageRef], want: Want, batch_images: int = 1) -> Iterator[tuple[ImageRef, Prediction | ImageError]]: ...
+    def stream(self, refs: Iterable[ImageRef], want: Want) -> Iterator[tuple[ImageRef, Prediction | ImageError]]: ...
 
     def describe(self) -> str: ...
 
@@ -56,7 +56,7 @@ class Runner(Protocol):
 class Engine:
     """One ONNX Runtime session over a build's ensemble graph (thread-safe, built once)."""
 
-    def __init__(self, build: Build, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8,
+    def __init__(self, build: Build, options: RuntimeOptions = RuntimeOptions(), images_per_call: int = 1,
                  workers: int = 1, profile: str | None = None, graphs: dict | None = None, budget: Budget = Budget()):
         self.build = build
         self.build_dir = build.dir
@@ -65,30 +65,30 @@ class Engine:
         self.manifest = build.manifest.profile(profile)
         self.profile = profile
         self.options = options
-        self.max_batch = max(1, max_batch)  # images per graph run
+        self.images_per_call = max(1, images_per_call)  # same-size images stacked into one graph run
         self.workers = max(1, workers)  # batches in flight in stream()
         self._graphs = graphs if graphs is not None else {}  # profile -> session, shared by with_profile views
         if profile not in self._graphs:
             path = build.graph(profile)
-            graph = open_graph(path, options, trt_default_shapes(self.manifest, self.max_batch))
+            graph = open_graph(path, options, trt_default_shapes(self.manifest, self.images_per_call))
             _check_classes(graph, self.manifest.classes)
             self._graphs[profile] = graph
         self.graph: GraphSession = self._graphs[profile]
 
     @classmethod
-    def from_build(cls, build_dir: str | Path, options: RuntimeOptions = RuntimeOptions(), max_batch: int = 8,
+    def from_build(cls, build_dir: str | Path, options: RuntimeOptions = RuntimeOptions(), images_per_call: int = 1,
                    workers: int = 1, profile: str | None = None, budget: Budget = Budget()) -> Engine:
         if options.trt_cache_dir is None:
             from dataclasses import replace
 
             options = replace(options, trt_cache_dir=str(Path(build_dir) / "trt-cache"))
-        return cls(Build.open(build_dir), options, max_batch, workers, profile, budget=budget)
+        return cls(Build.open(build_dir), options, images_per_call, workers, profile, budget=budget)
 
     def with_profile(self, name: str | None) -> Engine:
         """The engine of a named profile of this build (its own graph file; sessions opened once)."""
         if name == self.profile:
             return self
-        return Engine(self.build, self.options, self.max_batch, self.workers, name, self._graphs, self.budget)
+        return Engine(self.build, self.options, self.images_per_call, self.workers, name, self._graphs, self.budget)
 
     def cost(self, image_hw: tuple[int, int], batch: int = 1) -> Cost:
         return image_cost(self.members, image_hw, len(self.classes), batch)
@@ -148,8 +148,8 @@ class Engine:
         for i, img in enumerate(images):
             by_size.setdefault(img.shape[:2], []).append(i)
         for indices in by_size.values():
-            for start in range(0, len(indices), self.max_batch):
-                chunk = indices[start:start + self.max_batch]
+            for start in range(0, len(indices), self.images_per_call):
+                chunk = indices[start:start + self.images_per_call]
                 for i, pred in zip(chunk, self.run([images[i] for i in chunk], want)):
                     results[i] = pred
         return results  # type: ignore[return-value]
@@ -161,11 +161,12 @@ class Engine:
         names = [n for n in (LABELS, PROBS) if n in want]
         return names + ([member_output(m.name) for m in self.members] if MEMBERS in want else [])
 
-    def stream(self, refs: Iterable[ImageRef], want: Want = Want({LABELS}), batch_images: int = 1, prefetch: int = 8,
+    def stream(self, refs: Iterable[ImageRef], want: Want = Want({LABELS}), prefetch: int = 8,
                reader: Callable[[ImageRef], np.ndarray] | None = None, workers: int | None = None,
                ) -> Iterator[tuple[ImageRef, Prediction | ImageError]]:
         """Predict a stream of images in input order; a bad image yields its ImageError instead.
 
+        Consecutive same-size images are stacked into one graph run, up to the engine's ``images_per_call``.
         Decoding runs ``prefetch`` images ahead in threads, and ``workers`` batches (default: the engine's)
         run at once (the session is thread-safe; pair workers > 1 with fewer ONNX Runtime threads). At most
         ``prefetch`` decoded images plus ``workers`` batches are held, so memory is bounded however many
@@ -176,7 +177,7 @@ class Engine:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode") as decoders, \
                 ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine") as runners:
             running: deque = deque()  # (refs of a batch, future of its predictions) or (ref, ImageError), in input order
-            for refs_, batch in _batches(_window(decoders, read, refs, prefetch), batch_images):
+            for refs_, batch in _batches(_window(decoders, read, refs, prefetch), self.images_per_call):
                 running.append((refs_, batch if isinstance(batch, ImageError) else runners.submit(self.run, batch, want)))
                 while len(running) > workers or (running and isinstance(running[0][1], ImageError)):
                     yield from _settled(running.popleft())
@@ -193,7 +194,7 @@ def open_engine(build_dir: str | Path, config: RunConfig = RunConfig(), profile:
 
     runtime = replace(RuntimeOptions(config.providers, config.threads, precision=config.precision.value, streams=config.calls_in_flight,
                                      io_binding=config.io_binding, trt_shapes=config.trt_shapes), **options)
-    return Engine.from_build(build_dir, runtime, max_batch=config.images_per_call, workers=config.calls_in_flight, profile=profile,
+    return Engine.from_build(build_dir, runtime, images_per_call=config.images_per_call, workers=config.calls_in_flight, profile=profile,
                              budget=config.budget)
 
 
