@@ -36,12 +36,17 @@ def test_exif_rotated_copies_predict_like_the_upright_images(built, data, tmp_pa
 
 
 # output names: never shared, never an input, never a file segensemble did not write ---------------------------
-def test_inputs_differing_in_extension_get_their_own_masks(built, data, tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
+def _jpeg_and_png(data, folder: Path, stem: str) -> Path:
+    """``folder`` holding ``<stem>.jpg`` and ``<stem>.png``, two different test images under one stem."""
+    folder.mkdir()
     sources = sorted(data["test"].images.glob("*.png"))
-    Image.fromarray(read_image(sources[0])).save(images / "x.jpg", quality=95)
-    shutil.copy(sources[1], images / "x.png")
+    Image.fromarray(read_image(sources[0])).save(folder / f"{stem}.jpg", quality=95)
+    shutil.copy(sources[1], folder / f"{stem}.png")
+    return folder
+
+
+def test_inputs_differing_in_extension_get_their_own_masks(built, data, tmp_path):
+    images = _jpeg_and_png(data, tmp_path / "images", "x")
     done = cli("predict", images, "--build", built["dir"], "--save-masks", tmp_path / "masks", "--quiet")
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["x.jpg.png", "x.png.png"]
@@ -61,11 +66,7 @@ def test_names_colliding_by_case_are_refused_before_any_write(built, data, tmp_p
 
 def test_masks_beside_coco_images_replace_no_other_file(built, data, tmp_path):
     """The COCO file lists only a.jpg; a.png (an input of someone else) and a user's a.jpg.png stay as they are."""
-    images = tmp_path / "images"
-    images.mkdir()
-    sources = sorted(data["test"].images.glob("*.png"))
-    Image.fromarray(read_image(sources[0])).save(images / "a.jpg", quality=95)
-    shutil.copy(sources[1], images / "a.png")
+    images = _jpeg_and_png(data, tmp_path / "images", "a")
     coco = {"images": [{"id": 1, "file_name": "a.jpg", "height": 64, "width": 80}], "annotations": [],
             "categories": [{"id": 1, "name": "x"}]}
     (tmp_path / "a.json").write_text(json.dumps(coco))
