@@ -16,6 +16,13 @@ GRAPH_FORMAT = "1"  # bump when the graph's contract (inputs, outputs, semantics
 INPUT = "image"  # uint8 (N, H, W, 3) RGB
 LABELS = "labels"  # (N, H, W) uint8 class ids (int32 past 256 classes)
 PROBS = "probs"  # (N, C, H, W) float32, the weighted vote
+MASKS = "masks"  # multilabel: (N, C, H, W) uint8 0/1, P > threshold per class
+MASK = "mask"  # binary: (N, H, W) uint8 0/1
+
+
+def decision_output(task: str) -> str:
+    """The graph output that holds a task's answer: labels, masks or mask."""
+    return {"multiclass": LABELS, "multilabel": MASKS, "binary": MASK}[task]
 
 
 def member_output(name: str) -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from segensemble.errors import SegEnsembleError, first_line
 from segensemble.files import open_regular
 from segensemble.profiles import Profile, apply_profile
+from segensemble.task import Fusion
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 2  # 2: the ensemble graph (ensemble.onnx) is part of every build
@@ -45,6 +46,7 @@ class ModelEntry(BaseModel):
     note: str | None = None
     arch: str | None = None
     encoder: str | None = None
+    channels: int | None = None  # output logits; a binary task also takes 2 (a softmax pair, read as l1 - l0)
 
 
 class MemberEntry(BaseModel):
@@ -55,6 +57,7 @@ class MemberEntry(BaseModel):
     arch: str | None
     encoder: str | None
     weight: float
+    class_weights: list[float] | None = None  # one per class, beside weight
     scales: list[float]
     tta: list[str]
     input_size: tuple[int, int] | None
@@ -129,6 +132,7 @@ class Manifest(BaseModel):
 
     format: int = MANIFEST_FORMAT
     classes: list[str]
+    fusion: Fusion = Fusion()  # task, vote rule, thresholds
     members: list[MemberEntry]
     providers: list[str]
     cost: PlanCost

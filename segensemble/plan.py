@@ -19,6 +19,7 @@ from segensemble.cost import Budget, image_cost
 from segensemble.errors import PlanError
 from segensemble.names import safe_name
 from segensemble.profiles import Profile, TtaName, apply_profile
+from segensemble.task import DEFAULT_THRESHOLD, Fusion, TaskName, VoteRule
 from segensemble.yaml_guard import load_yaml
 
 # bounds on what a plan may ask for: far past any real ensemble, short of what exhausts a machine
@@ -37,6 +38,8 @@ MAX_KWARG_ITEMS = 64  # model_kwargs: values in all, lists and nesting included
 PLAN_BUDGET = Budget(max_megapixel_views=1024.0, max_memory_mb=65536.0)  # for the members whose size is fixed by the plan
 
 SOURCES = ("checkpoint", "folds", "epochs", "swa", "onnx")
+FUSION_FIELDS = ("task", "vote", "min_votes", "tsharpen_t", "thresholds")
+TOP_LEVEL = ("task", "classes", "vote", "min_votes", "tsharpen_t", "thresholds", "defaults", "members", "profiles")
 
 
 class ViewOptions(BaseModel):
@@ -60,6 +63,8 @@ class ViewOptions(BaseModel):
     scales: list[Annotated[float, Field(gt=0, le=MAX_SCALE)]] = Field(default_factory=lambda: [1.0], min_length=1, max_length=64)
     tta: list[TtaName] = Field(default_factory=lambda: ["identity"], min_length=1)
     weight: float = Field(1.0, gt=0, le=MAX_WEIGHT)
+    class_weights: list[Annotated[float, Field(ge=0, le=MAX_WEIGHT)]] | None = Field(
+        None, min_length=1, max_length=MAX_CLASSES, description="one weight per class, beside weight (MONAI MeanEnsemble)")
     bn_images: str | None = None
 
     @field_validator("model_kwargs")
@@ -172,6 +177,11 @@ class MemberSpec(ViewOptions):
 class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    task: TaskName = "multiclass"
+    vote: VoteRule = "mean"
+    min_votes: float = Field(0.5, gt=0, le=1, description="majority: the weighted share of member votes that turns a class on")
+    tsharpen_t: float = Field(0.5, gt=0, le=16, description="tsharpen: the exponent t in the mean of p^t")
+    thresholds: Annotated[float, Field(ge=0, lt=1)] | list[Annotated[float, Field(ge=0, lt=1)]] | None = None
     classes: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1, max_length=MAX_CLASSES)
     defaults: ViewOptions = Field(default_factory=ViewOptions)
     members: list[MemberSpec] = Field(min_length=1, max_length=MAX_MEMBERS)
@@ -202,6 +212,26 @@ class Plan(BaseModel):
         _check_file_names(list(v), "profile")
         return v
 
+    @model_validator(mode="after")
+    def _fits_task(self) -> Plan:
+        if self.task == "binary" and len(self.classes) != 1:
+            raise ValueError(f"classes: a binary task names its one foreground class (got {len(self.classes)} names)")
+        if self.thresholds is not None and self.task == "multiclass":
+            raise ValueError("thresholds: apply to multilabel and binary tasks (multiclass takes the argmax)")
+        if isinstance(self.thresholds, list) and len(self.thresholds) != len(self.classes):
+            raise ValueError(f"thresholds: {len(self.thresholds)} given for {len(self.classes)} classes (give one number, or one per class)")
+        for i, m in enumerate(self.members):
+            if m.class_weights is not None and len(m.class_weights) != len(self.classes):
+                raise ValueError(f"members[{i}].class_weights: {len(m.class_weights)} weights for {len(self.classes)} classes")
+        return self
+
+    @property
+    def fusion(self) -> Fusion:
+        """The task and vote as the manifest carries them: thresholds one per class."""
+        t = DEFAULT_THRESHOLD if self.thresholds is None else self.thresholds
+        thresholds = [] if self.task == "multiclass" else (list(t) if isinstance(t, list) else [t] * len(self.classes))
+        return Fusion(task=self.task, vote=self.vote, min_votes=self.min_votes, tsharpen_t=self.tsharpen_t, thresholds=thresholds)
+
 
 def load_plan(path: str | Path) -> Plan:
     """Read, validate and resolve a plan file."""
@@ -220,9 +250,9 @@ def parse_plan(raw: object, base_dir: Path, source: Path | None = None) -> Plan:
     where = f"{source}: " if source else ""
     if not isinstance(raw, dict):
         raise PlanError(f"{where}the plan must be a mapping with classes, defaults and members")
-    unknown = sorted(set(raw) - {"classes", "defaults", "members", "profiles"})
+    unknown = sorted(set(raw) - set(TOP_LEVEL))
     if unknown:
-        raise PlanError(f"{where}{unknown[0]}: unknown top-level field; expected classes, defaults, members, profiles")
+        raise PlanError(f"{where}{unknown[0]}: unknown top-level field; expected {', '.join(TOP_LEVEL)}")
     defaults = _validate(ViewOptions, raw.get("defaults") or {}, ("defaults",), where)
     members_raw = raw.get("members")
     if not isinstance(members_raw, list) or not members_raw:
@@ -238,10 +268,21 @@ def parse_plan(raw: object, base_dir: Path, source: Path | None = None) -> Plan:
     _check_size(members, where)
     classes = raw.get("classes")
     profiles = raw.get("profiles") or {}
-    plan = _validate(Plan, {"classes": classes, "defaults": defaults, "members": members, "profiles": profiles, "path": source}, (), where)
+    fusion = {k: raw[k] for k in FUSION_FIELDS if k in raw}
+    plan = _validate(Plan, {"classes": classes, "defaults": defaults, "members": members, "profiles": profiles, "path": source,
+                            **fusion}, (), where)
+    check_class_weights(plan.members, plan.classes, f"{where}members")
     for name, profile in plan.profiles.items():
-        apply_profile(plan.members, profile, f"{where}profiles.{name}")
+        kept = apply_profile(plan.members, profile, f"{where}profiles.{name}")
+        check_class_weights(kept, plan.classes, f"{where}profiles.{name}")
     return plan
+
+
+def check_class_weights(members: list, classes: list[str], where: str) -> None:
+    """Every class needs a member that weighs it: Σ_m w_m cw_mc > 0 (the vote divides by it)."""
+    for c, name in enumerate(classes):
+        if not any(m.weight * (m.class_weights[c] if m.class_weights else 1.0) > 0 for m in members):
+            raise PlanError(f"{where}: class {c} {name!r} has class weight 0 in every member; the vote would divide by zero")
 
 
 def _validate(model: type[BaseModel], data: dict, prefix: tuple, where: str):

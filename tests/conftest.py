@@ -122,6 +122,73 @@ def engine(built):
     return Engine.from_build(built["dir"])
 
 
+SIGMOID_CLASSES = ["radius", "ulna", "scaphoid"]  # overlapping, as bones in a hand X-ray
+
+
+@pytest.fixture(scope="session")
+def sigmoid_data(tmp_path_factory):
+    """Overlapping-class images with COCO annotations that overlap: a train split and a test split."""
+    from segensemble.synthetic.data import write_multilabel_split
+
+    root = tmp_path_factory.mktemp("sigmoid")
+    return {"root": root,
+            "train": write_multilabel_split(root, 16, SIGMOID_CLASSES, (64, 64), seed=0, name="train"),
+            "test": write_multilabel_split(root, 4, SIGMOID_CLASSES, (64, 80), seed=1, name="test")}
+
+
+@pytest.fixture(scope="session")
+def sigmoid_ckpts(sigmoid_data):
+    """Tiny sigmoid members trained for seconds: two multilabel (Unet, FPN), a one-logit binary Unet and a
+    binary Unet trained as a 2-class softmax (read as binary)."""
+    from segensemble.models.registry import ModelSpec
+    from segensemble.synthetic.trainer import load_split_arrays, save_checkpoint, train_tiny
+
+    train, root = sigmoid_data["train"], sigmoid_data["root"]
+    images, masks = load_split_arrays(train.images, json.loads(train.coco.read_text())["images"], train.masks)
+    c = len(SIGMOID_CLASSES)
+    unet, _ = train_tiny(ModelSpec("Unet", "resnet18", c, extra=UNET_KW), images, masks, steps=30)
+    fpn, _ = train_tiny(ModelSpec("FPN", "resnet18", c, extra=FPN_KW), images, masks, steps=20, seed=1)
+    one, _ = train_tiny(ModelSpec("Unet", "resnet18", 1, extra=UNET_KW), images, masks[:, :1], steps=12, seed=2)
+    pair, _ = train_tiny(ModelSpec("Unet", "resnet18", 2, extra=UNET_KW), images, masks[:, 0].astype(np.int64), steps=12, seed=3)
+    return {"unet": save_checkpoint(unet, root / "ml_unet.pth", "state_dict"), "fpn": save_checkpoint(fpn, root / "ml_fpn", "smp_dir"),
+            "one": save_checkpoint(one, root / "bin_one.pth", "state_dict"), "pair": save_checkpoint(pair, root / "bin_pair.pth", "lightning")}
+
+
+def sigmoid_plan(task: str, ckpts: dict, **top) -> dict:
+    """A multilabel plan (three members: scales, class weights, a fixed size with rot90) or a binary one (a
+    one-logit member and a softmax pair), with fields ``top`` added at the top level."""
+    shared = {"arch": "Unet", "encoder": "resnet18", "model_kwargs": UNET_KW, "tta": ["identity", "hflip"]}
+    if task == "binary":
+        members = [{"name": "one", "checkpoint": str(ckpts["one"])}, {"name": "pair", "checkpoint": str(ckpts["pair"]), "weight": 0.5}]
+        return {"task": "binary", "classes": SIGMOID_CLASSES[:1], "defaults": shared, "members": members, **top}
+    members = [{"name": "unet", "checkpoint": str(ckpts["unet"]), "scales": [0.75, 1.0], "class_weights": [1.0, 2.0, 0.5]},
+               {"name": "fpn", "checkpoint": str(ckpts["fpn"]), "arch": None, "encoder": None, "model_kwargs": {}, "weight": 2.0},
+               {"name": "unet-fixed", "checkpoint": str(ckpts["unet"]), "tta": ["rot90"], "input_size": [48, 48]}]
+    return {"task": "multilabel", "classes": SIGMOID_CLASSES, "defaults": shared, "members": members, **top}
+
+
+def build_plan(raw: dict, out: Path, base: Path):
+    """Build a plan given as a dict (paths absolute or relative to ``base``) into ``out``."""
+    from segensemble.export.build import build
+    from segensemble.plan import parse_plan
+
+    return build(parse_plan(raw, base), out, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def multilabel_built(sigmoid_ckpts, sigmoid_data):
+    out = sigmoid_data["root"] / "build-multilabel"
+    build_plan(sigmoid_plan("multilabel", sigmoid_ckpts, thresholds=[0.4, 0.5, 0.6]), out, sigmoid_data["root"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def binary_built(sigmoid_ckpts, sigmoid_data):
+    out = sigmoid_data["root"] / "build-binary"
+    build_plan(sigmoid_plan("binary", sigmoid_ckpts, thresholds=0.45), out, sigmoid_data["root"])
+    return out
+
+
 def read_png(path: Path) -> np.ndarray:
     from PIL import Image
 

@@ -370,13 +370,13 @@ def test_resume_keeps_names_with_unicode_line_breaks_and_drops_a_torn_character(
     writer = SubmissionWriter(target)
     names = ["a\x85b.png", "c\u2028d.png", "e\nf.png", "한글.png"]
     for name in names:
-        writer.write(name, "0 1")
+        writer.write([[name, "0 1"]])
     writer.abort()
     partial = tmp_path / "s.csv.partial"
     partial.write_bytes(partial.read_bytes() + '한글2.png,0'.encode()[:2])  # a row torn inside a UTF-8 character
     resumed = SubmissionWriter(target, resume=True)
     assert resumed.done == names
-    resumed.write("g.png", "1")
+    resumed.write([["g.png", "1"]])
     resumed.finish()
     import csv
     with open(target, newline="", encoding="utf-8") as fh:

@@ -94,6 +94,7 @@ class _Wrapped:
 
     classes = property(lambda self: self.engine.classes)
     members = property(lambda self: self.engine.members)
+    fusion = property(lambda self: self.engine.fusion)
 
     def describe(self) -> str:
         return "test runner"

@@ -22,7 +22,10 @@ from segensemble.formats.images import ImageRef
 from segensemble.graph_io import member_output
 from segensemble.manifest import MemberEntry, read_manifest
 from segensemble.run_config import RunConfig
-from segensemble.runtime.engine import LABELS, MEMBERS, PROBS, Prediction, Want
+from segensemble.task import Fusion
+from segensemble.runtime.engine import LABELS, MASKS, MEMBERS, PROBS, Prediction, Want
+
+DECISION = "decision"  # the row's labels (multiclass) or masks (multilabel, binary)
 
 
 def _ray():
@@ -58,8 +61,8 @@ class EnsembleActor:
         preds = [next(good) if img is not None else None for img in images]
         out = {"index": np.asarray(batch["index"]), "error": np.asarray(errors, dtype=object)}
         empty = np.zeros((0,), np.float32)
-        if LABELS in self.want:
-            out[LABELS] = [p.labels if p else empty for p in preds]
+        if self.want & {LABELS, MASKS}:
+            out[DECISION] = [(p.labels if p.labels is not None else p.masks) if p else empty for p in preds]
         if PROBS in self.want:
             out[PROBS] = [p.probs if p else empty for p in preds]
         for m in self.engine.members if MEMBERS in self.want else []:
@@ -90,6 +93,10 @@ class RayEngine:
     @property
     def members(self) -> list[MemberEntry]:
         return self.manifest.members
+
+    @property
+    def fusion(self) -> Fusion:
+        return self.manifest.fusion
 
     def describe(self) -> str:
         return f"{sum(m.views for m in self.members)} views per image in one graph on {self.actors} Ray actor(s) ({self.precision})"
@@ -122,5 +129,7 @@ class RayEngine:
                 yield ref, ImageError(str(ref.path), str(row["error"]))
                 continue
             members = {m.name: np.asarray(row[member_output(m.name)]) for m in self.members} if MEMBERS in want else None
-            yield ref, Prediction(np.asarray(row[LABELS]) if LABELS in want else None,
-                                  np.asarray(row[PROBS], dtype=np.float32) if PROBS in want else None, members)
+            decision = np.asarray(row[DECISION]) if want & {LABELS, MASKS} else None
+            sigmoid = self.fusion.sigmoid
+            yield ref, Prediction(None if sigmoid else decision, np.asarray(row[PROBS], dtype=np.float32) if PROBS in want else None,
+                                  members, decision if sigmoid else None)

@@ -29,6 +29,7 @@ from segensemble.models.checkpoints import PartialSpec, load_checkpoint
 from segensemble.models.swa import SwaReport, average_checkpoints, bn_batches, recalibrate_bn
 from segensemble.names import safe_name
 from segensemble.plan import MemberSpec, Plan
+from segensemble.task import member_channels_ok
 
 
 @dataclass
@@ -68,7 +69,7 @@ def build(plan: Plan, out_dir: str | Path, *, providers: list[str] | None = None
     finally:
         bar.close()  # an error then prints on its own line
     manifest = Manifest(
-        classes=list(plan.classes), members=members, providers=providers or _providers(),
+        classes=list(plan.classes), fusion=plan.fusion, members=members, providers=providers or _providers(),
         cost=_cost(members), plan=str(plan.path) if plan.path else None,
         profiles=dict(plan.profiles),
     )
@@ -109,7 +110,9 @@ def _build_model(plan: Plan, index: int, member: MemberSpec, k: int, out: Path) 
     cached = _read_cached(target, key)
     if cached:
         return cached, True, None
-    spec = PartialSpec(member.arch, member.encoder, len(plan.classes), member.in_channels, member.model_kwargs)
+    # a binary member may have one logit or a softmax pair: its checkpoint says which
+    spec = PartialSpec(member.arch, member.encoder, None if plan.task == "binary" else len(plan.classes), member.in_channels,
+                       member.model_kwargs)
     note = None
     if member.axis == "swa":
         loaded = average_checkpoints([Path(s) for s in sources], spec, trust_pickle=member.trust_pickle)
@@ -118,18 +121,31 @@ def _build_model(plan: Plan, index: int, member: MemberSpec, k: int, out: Path) 
         note = SwaReport([Path(s) for s in sources], bool(member.bn_images), count).describe()
     else:
         loaded = load_checkpoint(sources[0], spec, trust_pickle=member.trust_pickle)
+    _check_channels(plan, loaded.spec.classes, f"{where}: {sources[0]}")
     options = ExportOptions(
-        class_names=list(plan.classes), mean=member.mean, std=member.std, stride=member.stride,
+        class_names=_channel_names(plan, loaded.spec.classes), mean=member.mean, std=member.std, stride=member.stride,
         fixed_hw=member.input_size, extra_metadata={"cache_key": key, "sources": json.dumps(sources)},
     )
     report = export_onnx(loaded, target, options)
     return _entry_from_metadata(target, report.metadata, out), False, note
 
 
+def _check_channels(plan: Plan, channels: int, where: str) -> None:
+    if not member_channels_ok(plan.task, channels, len(plan.classes)):
+        expect = "1 logit (or a 2-class softmax)" if plan.task == "binary" else f"{len(plan.classes)} (one per class in the plan)"
+        raise PlanError(f"{where}: the model outputs {channels} channels; a {plan.task} task with classes {list(plan.classes)} "
+                        f"needs {expect}")
+
+
+def _channel_names(plan: Plan, channels: int) -> list[str]:
+    """Names of a member's output channels (a binary softmax pair: not-<class>, <class>)."""
+    return [f"not {plan.classes[0]}", plan.classes[0]] if channels != len(plan.classes) else list(plan.classes)
+
+
 def _cache_key(plan: Plan, member: MemberSpec, sources: list[str]) -> str:
     fields = {
         "sources": [file_sha256(Path(s)) for s in sources], "axis": member.axis, "arch": member.arch, "encoder": member.encoder,
-        "classes": list(plan.classes), "in_channels": member.in_channels, "mean": member.mean, "std": member.std,
+        "classes": list(plan.classes), "task": plan.task, "in_channels": member.in_channels, "mean": member.mean, "std": member.std,
         "stride": member.stride, "input_size": member.input_size, "opset": OPSET, "model_kwargs": member.model_kwargs,
         "bn_images": _folder_fingerprint(member.bn_images) if member.bn_images else None,
     }
@@ -159,7 +175,7 @@ def _entry_from_metadata(target: Path, meta: dict[str, str], out: Path) -> Model
         gflops=float(meta["gflops"]) if meta.get("gflops") else None,
         gflops_hw=tuple(json.loads(meta["gflops_hw"])) if meta.get("gflops_hw") else None,
         fixed_hw=tuple(fixed) if fixed else None, note=meta.get("shape_note"),
-        arch=meta.get("arch"), encoder=meta.get("encoder"),
+        arch=meta.get("arch"), encoder=meta.get("encoder"), channels=int(meta["classes"]) if meta.get("classes") else None,
     )
 
 
@@ -178,11 +194,10 @@ def _copy_onnx(plan: Plan, where: str, member: MemberSpec, out: Path) -> ModelEn
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     probe = json.loads(metadata["fixed_hw"]) if metadata.get("fixed_hw") else (2 * member.stride, 2 * member.stride)
     feed = {session.get_inputs()[0].name: np.zeros((1, member.in_channels, *probe), np.float32)}
-    classes = session.run(None, feed)[0].shape[1]
-    if classes != len(plan.classes):
-        raise PlanError(f"{where}.onnx: {src} outputs {classes} classes but the plan lists {len(plan.classes)}")
+    channels = session.run(None, feed)[0].shape[1]
+    _check_channels(plan, channels, f"{where}.onnx: {src}")
     entry = _entry_from_metadata(target, metadata, out)
-    return entry.model_copy(update={"sources": [str(src)], "sha256": file_sha256(src), "form": "onnx"})
+    return entry.model_copy(update={"sources": [str(src)], "sha256": file_sha256(src), "form": "onnx", "channels": channels})
 
 
 def _copy_member_onnx(src: Path, target: Path, where: str) -> None:
@@ -207,7 +222,7 @@ def _member_entry(member: MemberSpec, models: list[ModelEntry]) -> MemberEntry:
     first = models[0]
     return MemberEntry(
         name=member.name, axis=member.axis, arch=member.arch or first.arch, encoder=member.encoder or first.encoder,
-        weight=member.weight,
+        weight=member.weight, class_weights=member.class_weights,
         scales=list(member.scales), tta=list(member.tta), input_size=member.input_size or first.fixed_hw,
         mean=member.mean, std=member.std, stride=member.stride, models=models,
     )

@@ -4,16 +4,18 @@ Input ``image``: uint8 (N, H, W, 3) RGB as decoded; N, H and W dynamic. For each
 view t, inside the graph: the member's base size (``input_size``, or the image's own H x W) times s, rounded
 half up (float64 arithmetic, as Python computes it); bilinear resize with half-pixel centres (cv2
 INTER_LINEAR); the member's own normalization; zero-pad bottom/right to the stride; augment; the model;
-softmax; de-augment; crop. The TTA views of one model at one scale that keep H x W run as one batched call
+the vote rule's value of the logits (softmax by default; ``graph_vote``); de-augment; crop. The TTA views
+of one model at one scale that keep H x W run as one batched call
 (concatenated along N), and those that swap H and W (rot90, rot270, transpose) as a second one, so the
 weights of each model are stored once and a GPU sees N x views per call. Views at one resolution are summed
 before one resize to H x W.
 
 Outputs (names also in the graph's metadata, key ``outputs``):
 
-- ``labels``  (N, H, W) uint8 class ids (int32 past 256 classes): argmax of ``probs``;
-- ``probs``   (N, C, H, W) float32: sum_m w_m P_m / sum_m w_m;
-- ``member:<name>`` (N, C, H, W) float32: P_m, the mean over that member's views.
+- ``labels``  (N, H, W) uint8 class ids (int32 past 256 classes): argmax of ``probs`` (multiclass), or
+  ``masks`` (N, C, H, W) uint8 (multilabel) or ``mask`` (N, H, W) uint8 (binary): probs > threshold;
+- ``probs``   (N, C, H, W) float32: the vote (by default sum_m w_m P_m / sum_m w_m);
+- ``member:<name>`` (N, C, H, W) float32: the member's probabilities from its own views.
 
 ONNX Runtime runs every node whatever outputs are asked for, so the ensemble is computed *from* the member
 outputs (one weighted sum) and they cost nothing extra. A profile is its own graph file; ``views=True``
@@ -33,8 +35,10 @@ import numpy as np
 
 from segensemble.errors import SegEnsembleError
 from segensemble.export.graph_ops import GraphBuilder
-from segensemble.graph_io import GRAPH_FORMAT, INPUT, LABELS, PROBS, list_views, member_output, view_output
+from segensemble.export.graph_vote import logits_of, view_value, vote_outputs
+from segensemble.graph_io import GRAPH_FORMAT, INPUT, LABELS, MASK, MASKS, PROBS, decision_output, list_views, member_output, view_output
 from segensemble.manifest import Manifest, MemberEntry
+from segensemble.task import Fusion
 from segensemble.views import TTA, scaled_size
 
 MIN_OPSET = 18  # Split(num_outputs), Reduce*(axes as input), Resize with sizes
@@ -73,8 +77,10 @@ class _Model:
 class _Member:
     """One member's views: shared preprocessing per size, one batched model call per TTA group."""
 
-    def __init__(self, b: GraphBuilder, entry: MemberEntry, models: list[_Model], image: str, image_hw: str):
+    def __init__(self, b: GraphBuilder, entry: MemberEntry, models: list[_Model], image: str, image_hw: str, fusion: Fusion,
+                 rule: str | None = None):
         self.b, self.entry, self.models, self.image, self.image_hw = b, entry, models, image, image_hw
+        self.fusion, self.rule = fusion, rule  # rule: the per-view quantity (None: the plan's vote; "mean": probabilities)
 
     def view_size(self, scale: float) -> tuple[str, bool]:
         """(int64 [h, w] of the view, whether it differs from the image's H x W)."""
@@ -86,7 +92,8 @@ class _Member:
         return b.scaled(self.image_hw, scale), True
 
     def scale_sums(self, scale: float, views_out: dict | None) -> tuple[str, str, bool]:
-        """(sum of this scale's view probabilities at (h, w), int64 [h, w], resized?)."""
+        """(sum of this scale's view values at (h, w), int64 [h, w], resized?): probabilities, logits or their logs,
+        as the vote rule needs (``graph_vote.view_value``)."""
         b, entry = self.b, self.entry
         hw, resized = self.view_size(scale)
         x = b.resize(self.image, hw) if resized else self.image
@@ -100,8 +107,9 @@ class _Member:
             for group in (g for g in groups if g):
                 inputs = [b.tta(x, t, inverse=False) for t in group]
                 batch = inputs[0] if len(inputs) == 1 else b.op("Concat", inputs, "views", axis=0)
-                probs = b.softmax(model.call(b, batch))
-                chunks = [probs] if len(group) == 1 else b.op("Split", [probs], "view", outputs=len(group), axis=0, num_outputs=len(group))
+                logits = logits_of(b, model.call(b, batch), entry.models[k].channels, self.fusion)
+                values = view_value(b, logits, self.fusion, self.rule)
+                chunks = [values] if len(group) == 1 else b.op("Split", [values], "view", outputs=len(group), axis=0, num_outputs=len(group))
                 for t, chunk in zip(group, chunks):
                     p = b.crop(b.tta(chunk, t, inverse=True), hw)
                     terms.append(p)
@@ -140,12 +148,15 @@ def build_graph(manifest: Manifest, build_dir: Path, out: Path, *, profile: str 
     weights = _Weights(build_dir, manifest.members)
     image = b.op("Transpose", [b.op("Cast", [INPUT], "float", to=1)], "nchw", perm=[0, 3, 1, 2])
     image_hw = b.op("Slice", [b.op("Shape", [INPUT]), b.i64(1), b.i64(3)], "image_hw")
-    members = [_Member(b, entry, weights.models(mi, entry), image, image_hw) for mi, entry in enumerate(manifest.members)]
+    fusion = manifest.fusion
+    members = [_Member(b, entry, weights.models(mi, entry), image, image_hw, fusion, "mean" if views else None)
+               for mi, entry in enumerate(manifest.members)]
     classes = len(manifest.classes)
-    outputs = _view_outputs(b, members, image_hw) if views else _vote_outputs(b, members, image_hw, classes)
+    outputs = _view_outputs(b, members, image_hw) if views else _vote_outputs(b, members, image_hw, fusion, classes)
     spatial = ["batch", classes, "height", "width"]
-    infos = [helper.make_tensor_value_info(name, TensorProto.UINT8 if classes <= 256 else TensorProto.INT32, ["batch", "height", "width"])
-             if name == LABELS else helper.make_tensor_value_info(name, TensorProto.FLOAT, spatial) for name in outputs]
+    types = {LABELS: (TensorProto.UINT8 if classes <= 256 else TensorProto.INT32, ["batch", "height", "width"]),
+             MASKS: (TensorProto.UINT8, spatial), MASK: (TensorProto.UINT8, ["batch", "height", "width"])}
+    infos = [helper.make_tensor_value_info(name, *types.get(name, (TensorProto.FLOAT, spatial))) for name in outputs]
     image_info = helper.make_tensor_value_info(INPUT, TensorProto.UINT8, ["batch", "height", "width", 3])
     graph = helper.make_graph(b.nodes, "segensemble", [image_info], infos, initializer=b.inits + weights.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", weights.opset)], producer_name="segensemble")
@@ -181,20 +192,13 @@ class _Weights:
         return out
 
 
-def _vote_outputs(b: GraphBuilder, members: list[_Member], image_hw: str, classes: int) -> list[str]:
-    """labels, probs and each member's probabilities; the ensemble is the weighted sum of the members'."""
-    total_weight = sum(m.entry.weight for m in members)
-    weighted, names = [], [LABELS, PROBS]
+def _vote_outputs(b: GraphBuilder, members: list[_Member], image_hw: str, fusion: Fusion, classes: int) -> list[str]:
+    """The decision, probs and each member's probabilities (``graph_vote``), from each member's mean view value."""
+    values = []
     for member in members:
         sums = [b.resize(p, image_hw) if resized else p for p, _, resized in (member.scale_sums(s, None) for s in member.entry.scales)]
-        probs = b.op("Mul", [b.total(sums, "member_sum"), b.f32(1.0 / member.entry.views)], "member")
-        b.nodes.append(b.helper.make_node("Identity", [probs], [member_output(member.entry.name)], name=f"out/{member.entry.name}"))
-        names.append(member_output(member.entry.name))
-        weighted.append(b.op("Mul", [probs, b.f32(member.entry.weight / total_weight)], "weighted"))
-    b.nodes.append(b.helper.make_node("Identity", [b.total(weighted, "vote")], [PROBS], name="out/probs"))
-    to = 2 if classes <= 256 else 6  # UINT8, INT32
-    b.nodes.append(b.helper.make_node("Cast", [b.op("ArgMax", [PROBS], "argmax", axis=1, keepdims=0)], [LABELS], name="out/labels", to=to))
-    return names
+        values.append(b.op("Mul", [b.total(sums, "member_sum"), b.f32(1.0 / member.entry.views)], "member"))
+    return vote_outputs(b, values, [m.entry for m in members], fusion, classes)
 
 
 def _view_outputs(b: GraphBuilder, members: list[_Member], image_hw: str) -> list[str]:
@@ -214,14 +218,16 @@ def _view_outputs(b: GraphBuilder, members: list[_Member], image_hw: str) -> lis
 
 def _metadata(manifest: Manifest, profile: str | None, views: bool, cache_key: str) -> dict[str, str]:
     members = manifest.members
+    decision = decision_output(manifest.fusion.task)
     outputs: dict = {"views": [view_output(j) for j in range(len(list_views(members)))]} if views else {
-        "labels": LABELS, "probs": PROBS, "members": {m.name: member_output(m.name) for m in members}}
+        decision: decision, "probs": PROBS, "members": {m.name: member_output(m.name) for m in members}}
     return {
         "segensemble_graph": GRAPH_FORMAT, "cache_key": cache_key, "profile": profile or "",
         "input": json.dumps({"name": INPUT, "dtype": "uint8", "shape": ["batch", "height", "width", 3], "channels": "RGB"}),
         "outputs": json.dumps(outputs), "classes": json.dumps(list(manifest.classes)),
+        "fusion": manifest.fusion.model_dump_json(),
         "views": json.dumps([[v.member, v.model, v.scale, v.tta] for v in list_views(members)]),
-        "members": json.dumps([{"name": m.name, "weight": m.weight, "views": m.views} for m in members]),
+        "members": json.dumps([{"name": m.name, "weight": m.weight, "class_weights": m.class_weights, "views": m.views} for m in members]),
     }
 
 

@@ -96,5 +96,12 @@ class GraphBuilder:
         e = self.op("Exp", [self.op("Sub", [x, self.op("ReduceMax", [x, axis], "max", keepdims=1)], "shift")], "exp")
         return self.op("Div", [e, self.op("ReduceSum", [e, axis], "sum", keepdims=1)], "softmax")
 
+    def log_softmax(self, x: str) -> str:
+        """x - max - log Σ exp(x - max) over the class axis: exact where softmax underflows."""
+        axis = self.i64(1)
+        shift = self.op("Sub", [x, self.op("ReduceMax", [x, axis], "max", keepdims=1)], "shift")
+        lse = self.op("Log", [self.op("ReduceSum", [self.op("Exp", [shift], "exp"), axis], "sum", keepdims=1)], "lse")
+        return self.op("Sub", [shift, lse], "log_softmax")
+
     def total(self, terms: list[str], hint: str) -> str:
         return terms[0] if len(terms) == 1 else self.op("Sum", terms, hint)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.manifest import Manifest
+from segensemble.task import VOTE_SLACK, Fusion
 from segensemble.views import TTA, bilinear
 
 
@@ -29,6 +30,70 @@ def model_input(image: np.ndarray, member, scale: float = 1.0) -> tuple[np.ndarr
     return padded, (h, w)
 
 
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(0))
+    return e / e.sum(0)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shift = x - x.max(0)
+    return shift - np.log(np.exp(shift).sum(0))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
+
+
+def view_value(logits: np.ndarray, fusion: Fusion, rule: str | None = None) -> np.ndarray:
+    """What one view contributes to the vote (C, h, w): its probabilities, logits, log-probabilities or p^t."""
+    rule = rule or fusion.vote
+    if rule == "logit-mean":
+        return logits
+    if rule == "gmean":
+        return -np.logaddexp(0.0, -logits) if fusion.sigmoid else _log_softmax(logits)
+    p = _sigmoid(logits) if fusion.sigmoid else _softmax(logits)
+    return p ** fusion.tsharpen_t if rule == "tsharpen" else p
+
+
+def finish(f: np.ndarray, fusion: Fusion) -> np.ndarray:
+    """A weighted mean of view values back to probabilities (C, H, W)."""
+    act = _sigmoid if fusion.sigmoid else _softmax
+    if fusion.vote == "logit-mean":
+        return act(f)
+    if fusion.vote == "gmean":
+        return np.exp(f) if fusion.sigmoid else np.exp(f) / np.exp(f).sum(0)
+    if fusion.vote == "tsharpen" and not fusion.sigmoid:
+        return f / f.sum(0)
+    return f
+
+
+def member_votes(p: np.ndarray, fusion: Fusion) -> np.ndarray:
+    """A member's votes (C, H, W) of 0.0/1.0: its argmax label, or P > threshold per class."""
+    if fusion.sigmoid:
+        return (p > np.asarray(fusion.thresholds)[:, None, None]).astype(np.float64)
+    return (p.argmax(0)[None] == np.arange(p.shape[0])[:, None, None]).astype(np.float64)
+
+
+def fuse(values: list[np.ndarray], members, fusion: Fusion) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(ensemble probabilities, each member's) from each member's mean view value, every rule written out."""
+    classes = values[0].shape[0]
+    raw = np.array([[m.weight * (m.class_weights[c] if m.class_weights else 1.0) for c in range(classes)] for m in members])
+    w = raw / raw.sum(0)
+    member_probs = [finish(v, fusion) for v in values]
+    terms = [member_votes(p, fusion) for p in member_probs] if fusion.vote == "majority" else values
+    fused = sum(w[i][:, None, None] * t for i, t in enumerate(terms))
+    return (fused if fusion.vote == "majority" else finish(fused, fusion)), member_probs
+
+
+def decide(probs: np.ndarray, fusion: Fusion) -> np.ndarray:
+    """labels (H, W) for multiclass; masks (C, H, W) bool otherwise (the graph's binary ``mask`` is masks[0])."""
+    if not fusion.sigmoid:
+        return probs.argmax(0)
+    if fusion.vote == "majority":
+        return probs >= fusion.min_votes - VOTE_SLACK
+    return probs > np.asarray(fusion.thresholds)[:, None, None]
+
+
 class Reference:
     """Plain-loop ensemble probabilities of one image; member sessions opened once per file."""
 
@@ -43,9 +108,11 @@ class Reference:
             self._sessions[file] = ort.InferenceSession(str(self.build_dir / file), providers=["CPUExecutionProvider"])
         return self._sessions[file]
 
-    def views(self, manifest: Manifest, image: np.ndarray):
-        """Yield (member index, model index, scale, tta, (C, H, W) float64 probabilities at the image's size)."""
+    def views(self, manifest: Manifest, image: np.ndarray, rule: str | None = "mean"):
+        """Yield (member index, model index, scale, tta, (C, H, W) float64 view value at the image's size): the
+        view's probabilities under the default ``rule`` "mean", the value the plan's vote needs under None."""
         H, W = image.shape[:2]
+        fusion = manifest.fusion
         for mi, m in enumerate(manifest.members):
             for k, model in enumerate(m.models):
                 session = self._session(model.file)
@@ -55,16 +122,16 @@ class Reference:
                     for t in m.tta:
                         x_t = np.ascontiguousarray(TTA[t].augment(padded))[None].astype(np.float32)
                         logits = TTA[t].deaugment(session.run(None, {name: x_t})[0][0].astype(np.float64))[:, :h, :w]
-                        e = np.exp(logits - logits.max(0))
-                        p = e / e.sum(0)
-                        yield mi, k, s, t, bilinear(p.transpose(1, 2, 0), H, W).transpose(2, 0, 1)
+                        if fusion.task == "binary" and logits.shape[0] == 2:
+                            logits = logits[1:] - logits[:1]
+                        q = view_value(logits, fusion, rule)
+                        yield mi, k, s, t, bilinear(q.transpose(1, 2, 0), H, W).transpose(2, 0, 1)
 
     def predict(self, manifest: Manifest, image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(ensemble probabilities, {member name: member probabilities}), each (C, H, W) float64."""
         sums: dict[int, np.ndarray] = {}
-        for mi, _, _, _, p in self.views(manifest, image):
-            sums[mi] = sums.get(mi, 0) + p
-        members = {m.name: sums[i] / m.views for i, m in enumerate(manifest.members)}
-        weights = [m.weight for m in manifest.members]
-        total = sum(w * members[m.name] for w, m in zip(weights, manifest.members)) / sum(weights)
-        return total, members
+        for mi, _, _, _, q in self.views(manifest, image, rule=None):
+            sums[mi] = sums.get(mi, 0) + q
+        values = [sums[i] / m.views for i, m in enumerate(manifest.members)]
+        total, members = fuse(values, manifest.members, manifest.fusion)
+        return total, {m.name: p for m, p in zip(manifest.members, members)}

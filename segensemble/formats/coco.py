@@ -93,6 +93,15 @@ def label_map(coco, image_id: int, cats: dict[int, int], unlabeled: int) -> np.n
     return out
 
 
+def class_masks(coco, image_id: int, cats: dict[int, int], classes: int) -> np.ndarray:
+    """Ground truth (C, H, W) bool for one COCO image whose annotations may overlap: each class its own mask."""
+    info = coco.imgs[image_id]
+    out = np.zeros((classes, info["height"], info["width"]), dtype=bool)
+    for ann in coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=None)):
+        out[cats[ann["category_id"]]] |= coco.annToMask(ann) > 0
+    return out
+
+
 def encode_rle(mask: np.ndarray) -> dict:
     """COCO RLE of a boolean mask, with counts as str (JSON-ready)."""
     from pycocotools import mask as mask_utils
@@ -100,6 +109,18 @@ def encode_rle(mask: np.ndarray) -> dict:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
+
+
+def mask_rles(masks: np.ndarray, classes: list[str], probs: np.ndarray | None = None) -> list[dict]:
+    """``class_rles`` for (C, H, W) masks that may overlap: one entry per class with any pixel on."""
+    out = []
+    for c, mask in enumerate(masks.astype(bool)):
+        if mask.any():
+            item = {"class_id": c, "class_name": classes[c], "area": int(mask.sum()), "rle": encode_rle(mask)}
+            if probs is not None:
+                item["mean_confidence"] = float(probs[c][mask].mean())
+            out.append(item)
+    return out
 
 
 def class_rles(labels: np.ndarray, classes: list[str] | int, probs: np.ndarray | None = None, skip=frozenset()) -> list[dict]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.errors import SegEnsembleError
-from segensemble.formats.coco import class_rles
+from segensemble.formats.coco import class_rles, mask_rles
 
 
 def categories(classes: list[str], background: int | None) -> list[dict]:
@@ -18,14 +18,45 @@ def categories(classes: list[str], background: int | None) -> list[dict]:
 
 def image_annotations(labels: np.ndarray, background: int | None, classes: int) -> list[dict]:
     """Annotations (without ids) for one label map: one RLE per non-background class present."""
+    return _annotations(class_rles(labels, classes, skip={background}))  # background is implicit; ignore_index is not a class
+
+
+def mask_annotations(masks: np.ndarray) -> list[dict]:
+    """Annotations (without ids) for (C, H, W) class masks that may overlap: one RLE per class present."""
+    return _annotations(mask_rles(masks, [str(c) for c in range(len(masks))]))
+
+
+def _annotations(items: list[dict]) -> list[dict]:
     from pycocotools import mask as mask_utils
 
     out = []
-    for item in class_rles(labels, classes, skip={background}):  # background is implicit; ignore_index is not a class
+    for item in items:
         rle = item["rle"]
         x, y, w, h = mask_utils.toBbox({**rle, "counts": rle["counts"].encode()}).tolist()
         out.append({"category_id": item["class_id"], "iscrowd": 0, "area": item["area"], "bbox": [x, y, w, h], "segmentation": rle})
     return out
+
+
+class CocoFileWriter:
+    """``predict --format coco-rle``: a COCO file (images, one RLE annotation per class present per image,
+    categories with id = class id), written under a temporary name and renamed once every image is done."""
+
+    def __init__(self, target: Path, classes: list[str]):
+        self.target, self.classes, self.records = Path(target), classes, []
+
+    def write(self, image_id: str, masks: np.ndarray) -> None:
+        self.records.append({"file_name": image_id, "height": masks.shape[1], "width": masks.shape[2],
+                             "annotations": mask_annotations(masks)})
+
+    def finish(self) -> Path:
+        from segensemble.formats.atomic import write_atomic
+
+        coco = assemble(self.records, categories(self.classes, None))
+        write_atomic(self.target, lambda tmp: tmp.write_text(json.dumps(coco)))
+        return self.target
+
+    def abort(self) -> None:
+        """Nothing was written: the file appears only complete."""
 
 
 def assemble(records: list[dict], cats: list[dict]) -> dict:

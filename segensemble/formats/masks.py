@@ -1,5 +1,9 @@
 """Label maps as PNG (uint8, or 16-bit for more than 256 classes) and probabilities as compressed npz.
 
+A multiclass mask file is the label map (``x.jpg`` -> ``x.jpg.png``, pixel = class id); a binary task's is
+its 0/1 mask under the same name; a multilabel task writes one 0/1 PNG per class (``x.jpg.<class>.png``,
+the class name made file-safe).
+
 Each file carries a mark (a PNG ``Software`` text chunk, an npz entry ``written_by``) so that a rerun replaces
 its own earlier outputs and never a file it did not write (``is_ours``)."""
 
@@ -12,6 +16,7 @@ import numpy as np
 
 from segensemble.formats.atomic import write_bytes_atomic
 from segensemble.formats.paths import output_path
+from segensemble.names import safe_name
 
 MARK = "segensemble"
 
@@ -24,6 +29,17 @@ def encode_png(labels: np.ndarray) -> bytes:
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", MARK)
     Image.fromarray(arr).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def encode_mask_zip(masks: np.ndarray, classes: list[str]) -> bytes:
+    """A multilabel answer over HTTP: a zip of one 0/1 PNG per class, ``<class>.png`` (file-safe name)."""
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
+        for name, mask in zip(classes, masks):
+            archive.writestr(f"{safe_name(name)}.png", encode_png(mask))
     return buffer.getvalue()
 
 
@@ -45,8 +61,25 @@ def is_ours(path: Path) -> bool:
         return False
 
 
-def mask_path(root: Path, image_id: str, source: Path | None = None) -> Path:
-    return output_path(root, image_id, ".png", source)
+def mask_path(root: Path, image_id: str, source: Path | None = None, class_name: str | None = None) -> Path:
+    """The mask file of an image (``class_name``: of one class of a multilabel task)."""
+    return output_path(root, image_id, f".{safe_name(class_name)}.png" if class_name else ".png", source)
+
+
+def mask_files(root: Path, image_id: str, source: Path | None, classes: list[str], task: str) -> list[Path]:
+    """Every mask file an image gets: one, or one per class of a multilabel task."""
+    if task == "multilabel":
+        return [mask_path(root, image_id, source, name) for name in classes]
+    return [mask_path(root, image_id, source)]
+
+
+def save_masks(root: Path, image_id: str, prediction, source: Path | None, classes: list[str], task: str) -> list[Path]:
+    """An image's mask files: the label map, the binary mask, or one PNG per class."""
+    arrays = [prediction.labels] if task == "multiclass" else list(prediction.masks) if task == "multilabel" else [prediction.masks[0]]
+    targets = mask_files(root, image_id, source, classes, task)
+    for target, array in zip(targets, arrays):
+        write_bytes_atomic(target, encode_png(array))
+    return targets
 
 
 def probs_path(root: Path, image_id: str, source: Path | None = None) -> Path:

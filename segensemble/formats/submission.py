@@ -1,15 +1,24 @@
-"""The competition CSV: ``image_id,PredictionString``, written row by row to a partial file, resumable.
+"""Submission files, written image by image to a partial file, resumable. Three CSV layouts:
 
-PredictionString is the full-size label map resized to the submission size with nearest neighbour exactly
-as the contest baseline does (albumentations ``A.Resize`` on a mask = cv2 INTER_NEAREST), flattened
-row-major, space-separated. Rows go to ``<name>.partial`` (flushed per row) which is renamed to the final
-name when the run completes; ``--resume`` continues a partial file after its last complete row.
+- ``contest-csv`` (the trash contest): ``image_id,PredictionString``, the label map resized to the submission
+  size (default 256 x 256) with nearest neighbour exactly as the contest baseline does (albumentations
+  ``A.Resize`` on a mask = cv2 INTER_NEAREST), flattened row-major, space-separated;
+- ``rle-per-class`` (the hand-bone X-ray contest): ``image_name,class,rle``, one row per image and class in
+  the plan's order, the mask run-length encoded row-major (``formats/rle.py``);
+- ``kaggle-rle`` (SIIM, Severstal, Clouds): ``ImageId_ClassId,EncodedPixels``, ``ImageId`` the file name with
+  its extension and ``ClassId`` the class's 1-based index, column-major runs.
+
+RLE layouts keep the image's own size unless a submission size is given (then nearest neighbour, as
+above); an empty mask is an empty string. An image's rows go to ``<name>.partial`` together (flushed per
+image), renamed to the final name when the run completes; ``--resume`` continues after the last image
+whose rows are all there.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -17,13 +26,53 @@ import numpy as np
 
 from segensemble.errors import SegEnsembleError
 from segensemble.formats.atomic import write_bytes_atomic
+from segensemble.formats.rle import encode_runs
 
 HEADER = ["image_id", "PredictionString"]
+CONTEST_SIZE = (256, 256)  # contest-csv's size when none is given
 
 
-def submission_string(labels: np.ndarray, size_hw: tuple[int, int] = (256, 256)) -> str:
-    small = cv2.resize(labels.astype(np.uint8), (size_hw[1], size_hw[0]), interpolation=cv2.INTER_NEAREST)
-    return " ".join(map(str, small.ravel().tolist()))
+@dataclass(frozen=True)
+class CsvLayout:
+    """One submission CSV layout: its header, whether it has a row per class, and its run order."""
+
+    name: str
+    header: list[str]
+    per_class: bool
+    order: str = "C"  # RLE flattening: C row-major, F column-major
+
+    def image_of(self, row: list[str]) -> str:
+        """The image a row belongs to (to resume after the last complete image)."""
+        return row[0].rsplit("_", 1)[0] if self.name == "kaggle-rle" else row[0]
+
+    def rows(self, image_id: str, masks: np.ndarray, classes: list[str], size_hw: tuple[int, int] | None) -> list[list[str]]:
+        """An image's rows from its (C, H, W) class masks (contest-csv: its (H, W) label map)."""
+        if not self.per_class:
+            return [[image_id, submission_string(masks, size_hw or CONTEST_SIZE)]]
+        out = []
+        for c, name in enumerate(classes):
+            runs = encode_runs(resize_nearest(masks[c], size_hw), self.order)
+            out.append([image_id, name, runs] if self.name == "rle-per-class" else [f"{image_id}_{c + 1}", runs])
+        return out
+
+
+LAYOUTS = {
+    "contest-csv": CsvLayout("contest-csv", HEADER, per_class=False),
+    "rle-per-class": CsvLayout("rle-per-class", ["image_name", "class", "rle"], per_class=True, order="C"),
+    "kaggle-rle": CsvLayout("kaggle-rle", ["ImageId_ClassId", "EncodedPixels"], per_class=True, order="F"),
+}
+FORMATS = (*LAYOUTS, "coco-rle", "png")  # what `ensemble predict --format` writes
+
+
+def resize_nearest(mask: np.ndarray, size_hw: tuple[int, int] | None) -> np.ndarray:
+    """A mask or label map at the submission size (cv2 INTER_NEAREST, as albumentations resizes masks)."""
+    if size_hw is None or tuple(size_hw) == mask.shape:
+        return mask
+    return cv2.resize(mask.astype(np.uint8), (size_hw[1], size_hw[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def submission_string(labels: np.ndarray, size_hw: tuple[int, int] = CONTEST_SIZE) -> str:
+    return " ".join(map(str, resize_nearest(labels.astype(np.uint8), size_hw).ravel().tolist()))
 
 
 def partial_path(csv_path: Path) -> Path:
@@ -50,17 +99,18 @@ def _rows_text(rows: list[list[str]]) -> str:
 
 
 class SubmissionWriter:
-    """Appends rows in input order; ``done`` holds the ids already written when resuming."""
+    """Appends each image's rows in input order; ``done`` holds the images already written when resuming."""
 
-    def __init__(self, target: Path, resume: bool = False):
+    def __init__(self, target: Path, resume: bool = False, layout: CsvLayout = LAYOUTS["contest-csv"], classes: int = 1):
         self.target = Path(target)
+        self.layout, self.rows_per_image = layout, classes if layout.per_class else 1
         self.partial = partial_path(self.target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.done: list[str] = self._recover() if resume else []
         self._fh = open(self.partial, "a" if self.done else "w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._fh, lineterminator="\n")
         if not self.done:
-            self._csv.writerow(HEADER)
+            self._csv.writerow(self.layout.header)
             self._fh.flush()
 
     def _recover(self) -> list[str]:
@@ -74,10 +124,20 @@ class SubmissionWriter:
         except UnicodeDecodeError as exc:
             raise SegEnsembleError(f"{source}: cannot resume, byte {exc.start} is not UTF-8 (not a file this tool wrote)") from None
         rows = _complete_rows(text)
-        if not rows or rows[0] != HEADER:
-            raise SegEnsembleError(f"{source}: cannot resume, not a submission file (header {rows[:1]})")
+        if not rows or rows[0] != self.layout.header:
+            raise SegEnsembleError(f"{source}: cannot resume, not a {self.layout.name} file (header {rows[:1]}, expected "
+                                   f"{self.layout.header})")
+        images: list[str] = []
+        counts: dict[str, int] = {}
+        for row in rows[1:]:
+            image = self.layout.image_of(row)
+            if image not in counts:
+                images.append(image)
+            counts[image] = counts.get(image, 0) + 1
+        if images and counts[images[-1]] < self.rows_per_image:  # the last image's rows were cut short
+            rows = rows[: len(rows) - counts[images.pop()]]
         write_bytes_atomic(self.partial, _rows_text(rows).encode())
-        return [r[0] for r in rows[1:]]
+        return images
 
     def check_order(self, image_ids: list[str]) -> None:
         """A resumed file must hold a prefix of this run's images, in this run's order."""
@@ -87,8 +147,9 @@ class SubmissionWriter:
                 "(different folder, COCO file or order?); rerun without --resume"
             )
 
-    def write(self, image_id: str, prediction_string: str) -> None:
-        self._csv.writerow([image_id, prediction_string])
+    def write(self, rows: list[list[str]]) -> None:
+        """One image's rows, together."""
+        self._csv.writerows(rows)
         self._fh.flush()
 
     def finish(self) -> Path:

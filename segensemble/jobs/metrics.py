@@ -55,3 +55,44 @@ class IouMeter:
             "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, ious)},
             "pixel_accuracy": float(np.diag(self.total).sum() / max(1, self.total.sum())),
         }
+
+
+def dice_iou(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class of (C, H, W) bool masks: Dice, IoU (an empty prediction on an empty truth scores 1), and the
+    (intersection, |gt|, |pred|) counts for pooling."""
+    inter = (gt & pred).sum((1, 2)).astype(np.int64)
+    g, p = gt.sum((1, 2)).astype(np.int64), pred.sum((1, 2)).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(g + p > 0, 2 * inter / (g + p), 1.0)
+        iou = np.where(g + p - inter > 0, inter / (g + p - inter), 1.0)
+    return dice, iou, np.stack([inter, g, p])
+
+
+class DiceMeter:
+    """Dice and IoU of overlapping class masks: per image and class, their means (the hand-bone contest's
+    metric is the mean Dice over images and classes), and over the dataset (pixels pooled per class)."""
+
+    def __init__(self, classes: int):
+        self.dice: list[np.ndarray] = []
+        self.iou: list[np.ndarray] = []
+        self.counts = np.zeros((3, classes), np.int64)
+
+    def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
+        dice, iou, counts = dice_iou(gt.astype(bool), pred.astype(bool))
+        self.dice.append(dice)
+        self.iou.append(iou)
+        self.counts += counts
+
+    def summary(self, names: list[str]) -> dict:
+        dice, iou = np.array(self.dice), np.array(self.iou)
+        inter, g, p = self.counts
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pooled_dice = np.where(g + p > 0, 2 * inter / (g + p), np.nan)
+            pooled_iou = np.where(g + p - inter > 0, inter / (g + p - inter), np.nan)
+        return {
+            "dice": float(dice.mean()), "iou": float(iou.mean()),
+            "dice_per_class": {n: float(v) for n, v in zip(names, dice.mean(0))},
+            "iou_per_class": {n: float(v) for n, v in zip(names, iou.mean(0))},
+            "dice_dataset": {n: None if np.isnan(v) else float(v) for n, v in zip(names, pooled_dice)},
+            "iou_dataset": {n: None if np.isnan(v) else float(v) for n, v in zip(names, pooled_iou)},
+        }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -18,12 +18,12 @@ from tqdm import tqdm
 from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.formats.atomic import write_atomic
 from segensemble.formats.coco_roots import MergedRoot, check_resolves, find_image_root, merged_root, rebase
-from segensemble.formats.coco_writer import assemble, categories, image_annotations, merge, read_json
+from segensemble.formats.coco_writer import assemble, categories, image_annotations, mask_annotations, merge, read_json
 from segensemble.formats.images import ImageRef
-from segensemble.formats.masks import is_ours, mask_path, save_mask
+from segensemble.formats.masks import is_ours, mask_files, save_mask, save_masks
 from segensemble.formats.paths import check_outputs
-from segensemble.jobs.pseudo_rule import PseudoRule, decide, share_histogram
-from segensemble.runtime.engine import PROBS, Runner, Want
+from segensemble.jobs.pseudo_rule import PseudoRule, decide, decide_masks, share_histogram
+from segensemble.runtime.engine import MASKS, PROBS, Runner, Want
 
 REPORT_HEADER = ["image", "nonbackground_pixels", "uncertain_pixels", "uncertain_share", "decision"]
 
@@ -75,8 +75,14 @@ class PseudoSummary:
 def pseudo_label(engine: Runner, refs: list[ImageRef], options: PseudoOptions) -> PseudoSummary:
     """Run, decide, journal; then write the COCO file(s), masks and report."""
     rule = options.rule
+    if engine.fusion.sigmoid:  # every class of a mask task is a foreground class: there is no background to leave out
+        if rule.ignore_uncertain:
+            raise SegEnsembleError("--ignore-uncertain marks pixels of a label map; a multilabel or binary task keeps masks "
+                                   "(leave it out)")
+        rule = replace(rule, background=None)
+        options = replace(options, rule=rule)
     rule.validate(len(engine.classes))
-    _check_output_paths(refs, options)  # a bad or colliding name stops the run before anything is written
+    _check_output_paths(refs, options, engine)  # a bad or colliding name stops the run before anything is written
     merging = _merging(options)  # a merge that cannot work stops the run before any image is predicted
     journal_path = options.journal
     records = _read_journal(journal_path, refs) if options.resume else []
@@ -85,13 +91,13 @@ def pseudo_label(engine: Runner, refs: list[ImageRef], options: PseudoOptions) -
     options.output.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(refs), initial=len(records), unit="img", desc="pseudo-label", disable=not options.progress)
     with open(journal_path, "a" if records else "w") as journal:
-        for ref, result in engine.stream(todo, Want({PROBS})):
+        for ref, result in engine.stream(todo, Want({PROBS, MASKS} if engine.fusion.sigmoid else {PROBS})):
             if isinstance(result, ImageError):
                 if not options.skip_bad:
                     raise result
                 record = {"image": ref.image_id, "skipped": result.reason}
             else:
-                record = _record(ref, result.probs, rule, len(engine.classes), options)
+                record = _record(ref, result, rule, engine, options)
             journal.write(json.dumps(record) + "\n")
             journal.flush()
             records.append(record)
@@ -102,14 +108,23 @@ def pseudo_label(engine: Runner, refs: list[ImageRef], options: PseudoOptions) -
     return summary
 
 
-def _record(ref: ImageRef, probs, rule: PseudoRule, classes: int, options: PseudoOptions) -> dict:
-    decision, labels = decide(probs, rule)
+def _record(ref: ImageRef, prediction, rule: PseudoRule, engine: Runner, options: PseudoOptions) -> dict:
+    probs, classes = prediction.probs, len(engine.classes)
+    if engine.fusion.sigmoid:
+        decision, labels = decide_masks(probs, rule), None
+    else:
+        decision, labels = decide(probs, rule)
     record = {"image": ref.image_id, "foreground": decision.foreground, "uncertain": decision.uncertain,
-              "share": decision.share, "kept": decision.kept, "height": labels.shape[0], "width": labels.shape[1]}
+              "share": decision.share, "kept": decision.kept, "height": probs.shape[1], "width": probs.shape[2]}
     if decision.kept:
-        record["annotations"] = image_annotations(labels, rule.background, classes)
-        if options.masks_dir:
-            save_mask(options.masks_dir, ref.image_id, labels, ref.path)
+        if labels is None:  # overlapping classes: one annotation per class present, as the masks predict writes
+            record["annotations"] = mask_annotations(prediction.masks.astype(bool))
+            if options.masks_dir:
+                save_masks(options.masks_dir, ref.image_id, prediction, ref.path, engine.classes, engine.fusion.task)
+        else:
+            record["annotations"] = image_annotations(labels, rule.background, classes)
+            if options.masks_dir:
+                save_mask(options.masks_dir, ref.image_id, labels, ref.path)
     return record
 
 
@@ -130,13 +145,14 @@ def _read_journal(path: Path, refs: list[ImageRef]) -> list[dict]:
     return records
 
 
-def _check_output_paths(refs: list[ImageRef], options: PseudoOptions) -> None:
+def _check_output_paths(refs: list[ImageRef], options: PseudoOptions, engine: Runner) -> None:
     """The COCO file, merged file, report, journal and masks: distinct, none an input (the training file given to
     --merge above all), and no mask replacing a file segensemble did not write."""
     named = [(options.output, "pseudo-label COCO file"), (options.journal, "journal")]
     named += [(options.merged_path, "merged COCO file")] if options.merge_with else []
     named += [(options.report, "report")] if options.report else []
-    masks = [(mask_path(options.masks_dir, r.image_id, r.path), f"mask of {r.image_id}") for r in refs] if options.masks_dir else []
+    masks = [(p, f"mask of {r.image_id}") for r in refs for p in mask_files(options.masks_dir, r.image_id, r.path, engine.classes,
+                                                                          engine.fusion.task)] if options.masks_dir else []
     user_named = {p for p, _ in named}
     inputs = [r.path for r in refs] + list(options.inputs) + ([options.merge_with] if options.merge_with else [])
     check_outputs(named + masks, inputs, lambda p: p in user_named or is_ours(p))

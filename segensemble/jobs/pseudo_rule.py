@@ -5,6 +5,10 @@ is <= min_prob; if that count is more than max_uncertain of the non-background p
 else keep its whole label map. With no background class every pixel counts. An image with no
 non-background pixel is kept (as all background) only with keep_empty. Pixel-level option
 (ignore_uncertain): in kept images, pixels whose max probability is <= min_prob become ignore_index.
+
+Multilabel and binary tasks (``decide_masks``), the same rule on overlapping classes: the pixels counted
+are those some class claims (its P > 1 - min_prob), and a counted pixel is uncertain when any class's P
+lies in (1 - min_prob, min_prob]; a kept image keeps its masks as predicted.
 """
 
 from __future__ import annotations
@@ -77,6 +81,19 @@ def decide(probs: np.ndarray, rule: PseudoRule) -> tuple[Decision, np.ndarray]:
         out = out.astype(np.uint16) if rule.ignore_index > 255 else out
         out[uncertain_px] = rule.ignore_index
     return decision, out
+
+
+def decide_masks(probs: np.ndarray, rule: PseudoRule) -> Decision:
+    """The image rule on (C, H, W) sigmoid probabilities (multilabel, binary)."""
+    p = probs
+    low, high = np.asarray(1 - rule.min_prob, dtype=p.dtype), np.asarray(rule.min_prob, dtype=p.dtype)
+    claimed = (p > low).any(0)
+    uncertain_px = ((p > low) & (p <= high)).any(0)
+    foreground, uncertain = int(claimed.sum()), int((uncertain_px & claimed).sum())
+    if foreground == 0:
+        return Decision(0, 0, rule.keep_empty, "empty (kept: --keep-empty)" if rule.keep_empty else "empty")
+    kept = uncertain <= Fraction(str(rule.max_uncertain)) * foreground
+    return Decision(foreground, uncertain, kept, "confident" if kept else "too uncertain")
 
 
 def share_histogram(shares: list[float], bins: int = 10) -> str:

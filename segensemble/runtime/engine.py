@@ -21,22 +21,33 @@ import numpy as np
 from segensemble.cost import Budget, Cost, image_cost
 from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.formats.images import ImageRef, read_image
-from segensemble.graph_io import LABELS, PROBS, member_output
+from segensemble.graph_io import LABELS, MASK, MASKS, PROBS, decision_output, member_output
 from segensemble.manifest import Build, Manifest, MemberEntry
 from segensemble.run_config import RunConfig
 from segensemble.runtime.sessions import GraphSession, RunControl, RuntimeOptions, open_graph
+from segensemble.task import Fusion
 
-MEMBERS = "members"  # with LABELS and PROBS (graph_io): what a job may ask of the graph
-Want = frozenset  # of LABELS, PROBS, MEMBERS: what a job needs back from the graph
+MEMBERS = "members"  # with LABELS, MASKS and PROBS (graph_io): what a job may ask of the graph
+Want = frozenset  # of LABELS, MASKS, PROBS, MEMBERS: what a job needs back from the graph
 
 
 @dataclass
 class Prediction:
-    """One image's outputs, those that were asked for: labels (H, W), probs (C, H, W), {member: (C, H, W)}."""
+    """One image's outputs, those that were asked for: labels (H, W) of a multiclass task, masks (C, H, W)
+    uint8 0/1 of a multilabel or binary one (C = 1), probs (C, H, W), {member: (C, H, W)}."""
 
     labels: np.ndarray | None = None
     probs: np.ndarray | None = None
     members: dict[str, np.ndarray] | None = None
+    masks: np.ndarray | None = None
+
+    def class_masks(self, classes: int) -> np.ndarray:
+        """(C, H, W) bool, one mask per class, for any task (a label map is split by class)."""
+        if self.masks is not None:
+            return self.masks.astype(bool)
+        if self.labels is None:
+            raise ValueError("the prediction holds neither labels nor masks")
+        return self.labels[None] == np.arange(classes).reshape(-1, 1, 1)
 
 
 class Runner(Protocol):
@@ -47,6 +58,9 @@ class Runner(Protocol):
 
     @property
     def members(self) -> list[MemberEntry]: ...
+
+    @property
+    def fusion(self) -> Fusion: ...
 
     def stream(self, refs: Iterable[ImageRef], want: Want) -> Iterator[tuple[ImageRef, Prediction | ImageError]]: ...
 
@@ -135,8 +149,10 @@ class Engine:
         names = self._names(want)
         outputs = dict(zip(names, self.graph.run(np.stack(images), names, control)))
         members = {m.name: outputs[member_output(m.name)] for m in self.members} if MEMBERS in want else None
-        return [Prediction(outputs[LABELS][i] if LABELS in want else None, outputs[PROBS][i] if PROBS in want else None,
-                           {k: v[i] for k, v in members.items()} if members else None) for i in range(len(images))]
+        masks = outputs.get(MASKS, outputs[MASK][:, None] if MASK in outputs else None)
+        return [Prediction(outputs[LABELS][i] if LABELS in outputs else None, outputs[PROBS][i] if PROBS in want else None,
+                           {k: v[i] for k, v in members.items()} if members else None, masks[i] if masks is not None else None)
+                for i in range(len(images))]
 
     def predict(self, images: list[np.ndarray], want: Want = Want({LABELS})) -> list[Prediction]:
         """Predictions for RGB uint8 images of any sizes: one run per group of same-size images."""
@@ -154,12 +170,22 @@ class Engine:
                     results[i] = pred
         return results  # type: ignore[return-value]
 
+    @property
+    def fusion(self) -> Fusion:
+        return self.manifest.fusion
+
+    @property
+    def task(self) -> str:
+        return self.fusion.task
+
     def _names(self, want: Want) -> list[str]:
-        unknown = set(want) - {LABELS, PROBS, MEMBERS}
+        """Graph outputs for ``want``; LABELS and MASKS both mean "the decision": labels of a multiclass task,
+        masks (or a binary task's mask) otherwise."""
+        unknown = set(want) - {LABELS, MASKS, PROBS, MEMBERS}
         if unknown:
             raise ValueError(f"unknown outputs {sorted(unknown)}")
-        names = [n for n in (LABELS, PROBS) if n in want]
-        return names + ([member_output(m.name) for m in self.members] if MEMBERS in want else [])
+        decision = [decision_output(self.task)] if want & {LABELS, MASKS} else []
+        return decision + ([PROBS] if PROBS in want else []) + ([member_output(m.name) for m in self.members] if MEMBERS in want else [])
 
     def stream(self, refs: Iterable[ImageRef], want: Want = Want({LABELS}), prefetch: int = 8,
                reader: Callable[[ImageRef], np.ndarray] | None = None, workers: int | None = None,

@@ -13,10 +13,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
 from segensemble.errors import ImageError, SegEnsembleError
-from segensemble.formats.coco import class_rles
+from segensemble.formats.coco import class_rles, mask_rles
 from segensemble.formats.images import decode_image, header_size
-from segensemble.formats.masks import encode_png, encode_probs
-from segensemble.runtime.engine import LABELS, PROBS, Want
+from segensemble.formats.masks import encode_mask_zip, encode_png, encode_probs
+from segensemble.runtime.engine import LABELS, MASKS, PROBS, Want
 from segensemble.serve.access import require_token
 from segensemble.serve.batching import Batcher, DeadlineExceeded, QueueFull, Ticket
 from segensemble.serve.body import ClientGone, read_image_bytes
@@ -26,11 +26,13 @@ from segensemble.serve.state import ServeState, State
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-_WANT = {"png": Want({LABELS}), "json": Want({LABELS, PROBS}), "probs": Want({PROBS})}  # graph outputs each format needs
+_WANT = {"png": Want({LABELS, MASKS}), "json": Want({LABELS, MASKS, PROBS}), "probs": Want({PROBS})}  # graph outputs per format
 
 Format = Annotated[Literal["png", "json", "probs"], Query(alias="format",
-    description="png: the label map as a PNG (uint8 class ids, default); json: per-class COCO RLE with class name, "
-                "area and mean confidence; probs: float16 probabilities (C, H, W) in a compressed .npz under key `probs`")]
+    description="png: the label map as a PNG (uint8 class ids, default; a binary task's 0/1 mask; a multilabel task's "
+                "zip of one 0/1 PNG per class, `<class>.png`); json: per-class COCO RLE with class name, area and mean "
+                "confidence, for every task (classes may overlap in a multilabel task); probs: float16 probabilities "
+                "(C, H, W) in a compressed .npz under key `probs`")]
 
 Profile = Annotated[str | None, Query(
     description="a lighter profile named in the build's plan (profiles:), e.g. fewer TTA views; default: the whole ensemble")]
@@ -103,7 +105,7 @@ async def segment(request: Request, state: State, fmt: Format = "png", profile: 
             batcher.release(ticket)
             raise
         prediction = await _run(state, settings, batcher, ticket, image, _WANT[fmt])
-        response = await run_in_threadpool(_render, prediction, fmt, state.engine.classes)
+        response = await run_in_threadpool(_render, prediction, fmt, state.engine.classes, state.engine.fusion.task)
         status = 200
         return response
     except HTTPException as exc:
@@ -175,12 +177,16 @@ async def _run(state: ServeState, settings: ServeSettings, batcher: Batcher, tic
         state.metrics.queue_depth.set(batcher.depth)
 
 
-def _render(prediction, fmt: str, classes: list[str]) -> Response:
+def _render(prediction, fmt: str, classes: list[str], task: str) -> Response:
+    if fmt == "png" and task == "multilabel":
+        return Response(encode_mask_zip(prediction.masks, classes), media_type="application/zip",
+                        headers={"Content-Disposition": 'attachment; filename="masks.zip"'})
     if fmt == "png":
-        return Response(encode_png(prediction.labels), media_type="image/png")
+        return Response(encode_png(prediction.labels if task == "multiclass" else prediction.masks[0]), media_type="image/png")
     if fmt == "probs":
         return Response(encode_probs(prediction.probs), media_type="application/octet-stream",
                         headers={"Content-Disposition": 'attachment; filename="probs.npz"'})
-    labels = prediction.labels
-    body = SegmentJson(width=int(labels.shape[1]), height=int(labels.shape[0]), classes=class_rles(labels, classes, prediction.probs))
-    return Response(body.model_dump_json(), media_type="application/json")
+    h, w = prediction.probs.shape[1:]
+    entries = class_rles(prediction.labels, classes, prediction.probs) if task == "multiclass" else \
+        mask_rles(prediction.masks, classes, prediction.probs)
+    return Response(SegmentJson(width=int(w), height=int(h), classes=entries).model_dump_json(), media_type="application/json")

@@ -13,7 +13,7 @@ class Rle(BaseModel):
 class ClassMask(BaseModel):
     class_id: int = Field(description="index into the plan's classes")
     class_name: str
-    area: int = Field(description="pixels labelled with this class")
+    area: int = Field(description="pixels labelled with this class (a multilabel task's classes may overlap)")
     mean_confidence: float = Field(description="mean ensemble probability of this class over its pixels")
     rle: Rle
 
@@ -21,7 +21,7 @@ class ClassMask(BaseModel):
 class SegmentJson(BaseModel):
     width: int
     height: int
-    classes: list[ClassMask] = Field(description="one entry per class present in the label map")
+    classes: list[ClassMask] = Field(description="one entry per class present in the label map (or the masks)")
 
 
 class Ready(BaseModel):

@@ -45,19 +45,7 @@ def make_sample(rng: np.random.Generator, size_hw: tuple[int, int], classes: int
     labels = np.zeros((h, w), np.uint8)
     for _ in range(int(rng.integers(1, max_objects + 1))):
         cls = int(rng.integers(1, classes))
-        mask = np.zeros((h, w), np.uint8)
-        cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
-        r = int(rng.integers(max(3, min(h, w) // 10), max(4, min(h, w) // 4)))
-        shape = _SHAPES[(cls - 1) % len(_SHAPES)]
-        if shape == "circle":
-            cv2.circle(mask, (cx, cy), r, 1, -1)
-        elif shape == "rect":
-            cv2.rectangle(mask, (cx - r, cy - r // 2), (cx + r, cy + r // 2), 1, -1)
-        elif shape == "triangle":
-            pts = np.array([[cx, cy - r], [cx - r, cy + r], [cx + r, cy + r]], np.int32)
-            cv2.fillPoly(mask, [pts], 1)
-        else:
-            cv2.ellipse(mask, (cx, cy), (r, max(2, r // 2)), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        mask = _shape_mask(rng, (h, w), _SHAPES[(cls - 1) % len(_SHAPES)], radius=(10, 4))
         colour = _class_colour(cls, classes) + rng.normal(0, 10, 3)
         on = mask.astype(bool)
         image[on] = colour + rng.normal(0, 8, (int(on.sum()), 3))
@@ -65,33 +53,87 @@ def make_sample(rng: np.random.Generator, size_hw: tuple[int, int], classes: int
     return np.clip(image, 0, 255).astype(np.uint8), labels
 
 
+def make_multilabel_sample(rng: np.random.Generator, size_hw: tuple[int, int], classes: int,
+                           max_objects: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """One RGB uint8 image and its (C, H, W) uint8 masks: translucent shapes, one colour and shape per class,
+    that may overlap (where they do, both classes are on and the colours mix), as bones do in an X-ray."""
+    h, w = size_hw
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    image = 70 + 20 * np.sin(xx * rng.uniform(0.05, 0.3)) * np.cos(yy * 0.1) + rng.normal(0, 8, (h, w))
+    image = np.repeat(image[..., None], 3, axis=2)
+    masks = np.zeros((classes, h, w), np.uint8)
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        cls = int(rng.integers(0, classes))
+        mask = _shape_mask(rng, (h, w), _SHAPES[cls % len(_SHAPES)], radius=(8, 3), central=True)
+        on = mask.astype(bool)
+        image[on] = 0.45 * image[on] + 0.55 * (_class_colour(cls + 1, classes + 1) + rng.normal(0, 6, 3))
+        masks[cls] |= mask
+    return np.clip(image, 0, 255).astype(np.uint8), masks
+
+
+def _shape_mask(rng: np.random.Generator, hw: tuple[int, int], shape: str, radius: tuple[int, int], central: bool = False) -> np.ndarray:
+    """A filled shape whose radius lies between min(h, w) / radius[0] and / radius[1]; ``central`` keeps its
+    centre in the middle half, so that shapes often overlap."""
+    h, w = hw
+    mask = np.zeros((h, w), np.uint8)
+    cy, cx = (int(rng.integers(h // 4, 3 * h // 4 + 1)), int(rng.integers(w // 4, 3 * w // 4 + 1))) if central else \
+        (int(rng.integers(0, h)), int(rng.integers(0, w)))
+    r = int(rng.integers(max(3, min(h, w) // radius[0]), max(4, min(h, w) // radius[1])))
+    if shape == "circle":
+        cv2.circle(mask, (cx, cy), r, 1, -1)
+    elif shape == "rect":
+        cv2.rectangle(mask, (cx - r, cy - r // 2), (cx + r, cy + r // 2), 1, -1)
+    elif shape == "triangle":
+        cv2.fillPoly(mask, [np.array([[cx, cy - r], [cx - r, cy + r], [cx + r, cy + r]], np.int32)], 1)
+    else:
+        cv2.ellipse(mask, (cx, cy), (r, max(2, r // 2)), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    return mask
+
+
 def write_split(root: str | Path, count: int, class_names: list[str], size_hw: tuple[int, int] = (64, 64), seed: int = 0,
                 name: str = "images") -> SyntheticSplit:
     """Write ``count`` PNG images under root/name and root/name.json (COCO, one RLE per class per image)."""
+    def sample(rng):
+        image, labels = make_sample(rng, size_hw, len(class_names))
+        return image, labels, {cls: labels == cls for cls in np.unique(labels).tolist() if cls != 0}
+
+    cats = [{"id": c, "name": n, "supercategory": "object"} for c, n in enumerate(class_names) if c > 0]
+    return _write(Path(root), name, count, size_hw, seed, sample, cats)
+
+
+def write_multilabel_split(root: str | Path, count: int, class_names: list[str], size_hw: tuple[int, int] = (64, 64),
+                           seed: int = 0, name: str = "images") -> SyntheticSplit:
+    """Like ``write_split`` for overlapping classes: COCO with one annotation per class present in an image
+    (annotations of one image may overlap); ``masks`` holds each image's (C, H, W) masks."""
+    def sample(rng):
+        image, masks = make_multilabel_sample(rng, size_hw, len(class_names))
+        return image, masks, {c + 1: m.astype(bool) for c, m in enumerate(masks) if m.any()}
+
+    cats = [{"id": c + 1, "name": n, "supercategory": "object"} for c, n in enumerate(class_names)]
+    return _write(Path(root), name, count, size_hw, seed, sample, cats)
+
+
+def _write(root: Path, name: str, count: int, size_hw: tuple[int, int], seed: int, sample, cats: list[dict]) -> SyntheticSplit:
+    """Images from ``sample(rng)`` -> (image, truth, {category id: mask}) as PNGs, and their COCO file."""
     from PIL import Image
 
-    root = Path(root)
     img_dir = root / name
     img_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    images, annotations, masks = [], [], []
+    images, annotations, truths = [], [], []
     for i in range(count):
-        image, labels = make_sample(rng, size_hw, len(class_names))
+        image, truth, by_category = sample(rng)
         file_name = f"{name}_{i:04d}.png"
         Image.fromarray(image).save(img_dir / file_name)
         images.append({"id": i + 1, "file_name": file_name, "height": size_hw[0], "width": size_hw[1]})
-        for cls in np.unique(labels).tolist():
-            if cls == 0:
-                continue
-            mask = labels == cls
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cls, "iscrowd": 0,
+        for cat, mask in by_category.items():
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cat, "iscrowd": 0,
                                 "area": int(mask.sum()), "bbox": _bbox(mask), "segmentation": encode_rle(mask)})
-        masks.append(labels)
-    coco = {"images": images, "annotations": annotations,
-            "categories": [{"id": c, "name": n, "supercategory": "object"} for c, n in enumerate(class_names) if c > 0]}
+        truths.append(truth)
+    coco = {"images": images, "annotations": annotations, "categories": cats}
     coco_path = root / f"{name}.json"
     write_atomic(coco_path, lambda tmp: tmp.write_text(json.dumps(coco)))
-    return SyntheticSplit(img_dir, coco_path, masks)
+    return SyntheticSplit(img_dir, coco_path, truths)
 
 
 def _bbox(mask: np.ndarray) -> list[float]:

@@ -29,7 +29,9 @@ def train_tiny(spec: ModelSpec, images: np.ndarray, masks: np.ndarray, steps: in
     """Train from random weights; returns the model and a state_dict copy at each step in ``snapshots``.
 
     ``crop`` trains on random square crops of that side (half the compute of 96x96 at 64: the demo's
-    budget); ``progress`` names a step bar with the running loss, so a long fit never looks hung.
+    budget); ``progress`` names a step bar with the running loss, so a long fit never looks hung. Label maps
+    (N, H, W) train a softmax model with cross-entropy; per-class masks (N, C, H, W) a sigmoid one with
+    binary cross-entropy (multilabel and binary tasks).
     """
     import torch
     from tqdm import tqdm
@@ -38,7 +40,8 @@ def train_tiny(spec: ModelSpec, images: np.ndarray, masks: np.ndarray, steps: in
     rng = np.random.default_rng(seed)
     model = create_model(spec).train()
     x_all = torch.from_numpy(((images / 255.0 - np.asarray(mean)) / np.asarray(std)).astype(np.float32)).permute(0, 3, 1, 2)
-    y_all = torch.from_numpy(masks.astype(np.int64))
+    sigmoid = masks.ndim == 4
+    y_all = torch.from_numpy(masks.astype(np.float32 if sigmoid else np.int64))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     saved = {}
     bar = tqdm(range(1, steps + 1), desc=progress, unit="step", leave=False, disable=progress is None)
@@ -47,7 +50,10 @@ def train_tiny(spec: ModelSpec, images: np.ndarray, masks: np.ndarray, steps: in
         x, y = _random_crop(x_all[idx], y_all[idx], crop, rng)
         if rng.random() < 0.5:
             x, y = x.flip(-1), y.flip(-1)
-        loss = torch.nn.functional.cross_entropy(model(x), y, ignore_index=255)  # 255 = void in real label maps
+        if sigmoid:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        else:
+            loss = torch.nn.functional.cross_entropy(model(x), y, ignore_index=255)  # 255 = void in real label maps
         opt.zero_grad()
         loss.backward()
         opt.step()
