@@ -20,7 +20,7 @@ import numpy as np
 from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.formats.images import ImageRef, read_image
 from segensemble.run_config import RunConfig
-from segensemble.runtime.engine import LABELS, MEMBERS, PROBS, Engine, Prediction, Want, open_engine
+from segensemble.runtime.engine import LABELS, MASKS, MEMBERS, PROBS, Engine, Prediction, Want, open_engine
 
 if TYPE_CHECKING:
     from segensemble.export.build import BuildResult
@@ -52,12 +52,13 @@ class Ensemble:
         return Ensemble(self.engine.with_profile(name))
 
     def predict(self, images: Image | Iterable[Image], *, probs: bool = False, members: bool = False):
-        """Labels (H, W) of one image, a list of them for a list, or an iterator streaming them for any other
-        iterable (a generator of paths is decoded ahead of the model, in bounded memory).
+        """Labels (H, W) of one image (a multilabel or binary plan: ``.masks`` (C, H, W) 0/1 instead), a list of
+        them for a list, or an iterator streaming them for any other iterable (a generator of paths is decoded
+        ahead of the model, in bounded memory).
 
-        ``probs=True`` adds ``.probs`` (C, H, W), the weighted vote; ``members=True`` adds ``.members``
+        ``probs=True`` adds ``.probs`` (C, H, W), the vote; ``members=True`` adds ``.members``
         ({name: (C, H, W)}), each member's own probabilities."""
-        want = Want({LABELS} | ({PROBS} if probs else set()) | ({MEMBERS} if members else set()))
+        want = Want({LABELS, MASKS} | ({PROBS} if probs else set()) | ({MEMBERS} if members else set()))
         if isinstance(images, (np.ndarray, str, Path)):
             return self._predict_list([images], want)[0]
         if isinstance(images, (list, tuple)):

@@ -56,6 +56,30 @@ def test_every_axis_is_reported_with_cost(report):
     assert gains == sorted(gains, reverse=True)
 
 
+def test_vote_rules_are_scored_on_selection_and_measured_held_out(report, engine, data):
+    """The search's score of the plan's own rule (mean) on the selection images equals the engine run on them."""
+    from segensemble.formats.coco import category_map, coco_images, label_map, load_coco
+    from segensemble.jobs.metrics import IouMeter
+    from segensemble.runtime.engine import LABELS, Want
+    from segensemble.task import VOTES
+
+    rep, _ = report
+    search = rep["fusion_search"]
+    assert set(search["rules_on_selection"]) == set(VOTES) and search["plan"] == {"vote": "mean"}
+    assert search["chosen"]["vote"] == max(VOTES, key=lambda r: (search["rules_on_selection"][r], r == "mean"))
+    assert set(search["holdout"]["gain_per_class"]) == set(engine.classes)
+    coco = load_coco(data["test"].coco)
+    refs = coco_images(data["test"].coco, data["test"].images, coco)
+    n, held = len(refs), round(0.34 * len(refs))
+    select = sorted(np.random.default_rng(0).permutation(n)[held:].tolist())
+    meter = IouMeter(len(engine.classes))
+    cats = category_map(coco, engine.classes, "test")
+    for i in select:
+        pred = engine.predict([read_image(refs[i].path)], Want({LABELS}))[0]
+        meter.add(label_map(coco, refs[i].coco_id, cats, 0), pred.labels)
+    assert search["rules_on_selection"]["mean"] == pytest.approx(meter.summary(engine.classes)["miou"], abs=1e-9)
+
+
 def test_selection_never_below_best_single_member(report):
     rep, _ = report
     sel = rep["selection"]

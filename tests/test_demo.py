@@ -35,3 +35,21 @@ def test_demo_end_to_end(tmp_path):
     assert all((out / "data" / i["file_name"]).is_file() for i in merged["images"])
     assert "train" in {i["file_name"].split("/")[0] for i in merged["images"]} <= {"train", "test"}
     assert "steps on 24 images" in done.stdout and "the demo took" in done.stdout  # progress and the time it took
+
+
+@pytest.mark.slow
+def test_demo_multilabel_runs_every_job(tmp_path):
+    out = tmp_path / "demo-ml"
+    done = subprocess.run([sys.executable, "-m", "segensemble.cli", "demo", "--task", "multilabel", "--out", str(out), "--steps", "12"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for step in range(1, 8):
+        assert f"[{step}/7]" in done.stdout
+    assert "ensemble mean Dice" in done.stdout and "check-submission: valid" in done.stdout
+    assert "task: multilabel" in (out / "plan.yaml").read_text()
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["task"] == "multilabel" and 0 <= report["ensemble"]["dice"] <= 1
+    rows = list(csv.reader(open(out / "submission.csv")))
+    assert rows[0] == ["image_name", "class", "rle"] and len(rows) == 1 + 12 * 5
+    coco = json.loads((out / "pseudo.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["radius", "ulna", "scaphoid", "lunate", "capitate"]

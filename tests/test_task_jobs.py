@@ -125,3 +125,40 @@ def test_served_equals_offline_for_mask_tasks(multilabel_built, binary_built, si
                 assert set(got) == {c for c, m in offline.items() if m.any()}
                 for c, mask in got.items():
                     assert np.array_equal(mask, offline[c])
+
+
+def test_analyze_searches_vote_and_thresholds_on_mask_tasks(multilabel_built, sigmoid_data, sigmoid_ckpts, tmp_path):
+    """Rules scored on the selection images (the plan's own equals evaluate on those images), thresholds from
+    the grid per class, the held-out gain per class, and a tuned plan that parses with the choice in it."""
+    import yaml
+    from conftest import sigmoid_plan
+
+    from segensemble.jobs.analyze.fusion_search import THRESHOLD_GRID
+    from segensemble.jobs.analyze.report import AnalyzeOptions, analyze
+    from segensemble.plan import parse_plan
+    from segensemble.task import VOTES
+
+    engine = Engine.from_build(multilabel_built)
+    test = sigmoid_data["test"]
+    plan = parse_plan(sigmoid_plan("multilabel", sigmoid_ckpts, thresholds=[0.4, 0.5, 0.6]), sigmoid_data["root"])
+    options = AnalyzeOptions(out=tmp_path / "report", holdout=0.5, cache_dtype="float32", progress=False)
+    report = analyze(engine, test.coco, test.images, options, plan)
+    search = report["fusion_search"]
+    assert set(search["rules_on_selection"]) == set(VOTES) and search["metric"] == "dice"
+    assert all(t in THRESHOLD_GRID for t in search["chosen"]["thresholds"]) and len(search["chosen"]["thresholds"]) == 3
+    assert set(search["holdout"]["gain_per_class"]) == set(SIGMOID_CLASSES)
+    refs = list_images(test.images)
+    select = sorted(np.random.default_rng(0).permutation(len(refs))[2:].tolist())
+    coco = load_coco(test.coco)
+    cats = category_map(coco, SIGMOID_CLASSES, "test")
+    direct = []
+    for i in select:
+        gt = class_masks(coco, i + 1, cats, 3)
+        pred = engine.predict([read_image(refs[i].path)], Want({MASKS}))[0].masks.astype(bool)
+        direct.append([_dice(gt[c], pred[c]) for c in range(3)])
+    assert search["rules_on_selection"]["mean"] == pytest.approx(np.mean(direct), abs=1e-3)  # float32 sums: a pixel on a threshold
+    tuned = yaml.safe_load((tmp_path / "report" / "plan.tuned.yaml").read_text())
+    assert tuned["task"] == "multilabel" and tuned["vote"] == search["chosen"]["vote"]
+    assert tuned["thresholds"] == search["chosen"]["thresholds"]
+    parse_plan(tuned, tmp_path)
+    assert "Vote rule and thresholds" in (tmp_path / "report" / "index.html").read_text()

@@ -12,7 +12,10 @@ def add(sub) -> None:
                        description="Run every view once over a labelled validation set (probabilities cached on disk), "
                        "then score without running models again: the ensemble with each axis removed in turn and each "
                        "member alone (sorted by gain, with cost), greedy forward selection with replacement (Caruana et al. "
-                       "2004) and a weight search, written as plan.tuned.yaml; per-class pictures, report.json, index.html.")
+                       "2004) and a weight search, and the vote rule (each of the plan's rules; per-class thresholds for multilabel "
+                       "and binary plans) chosen on the selection images, its gain per class on the held-out ones; written as "
+                       "plan.tuned.yaml; per-class pictures, report.json, index.html. Multilabel and binary plans get the vote "
+                       "and thresholds search only.")
     p.add_argument("plan", type=Path, help="plan.yaml (built into build/ beside it unless --build is given)")
     p.add_argument("--coco", type=Path, required=True, help="COCO json with the validation ground truth")
     p.add_argument("--images", type=Path, required=True, help="image root (COCO file_name is relative to it)")
@@ -49,6 +52,29 @@ def run(args) -> int:
     options = AnalyzeOptions(args.output, args.holdout, args.seed, args.samples, args.cache_dtype, args.max_images,
                              args.unlabeled, not args.quiet, args.keep_cache)
     report = analyze(engine, args.coco, args.images, options, plan)
+    if "ablation" in report:
+        _print_ablation(report)
+    _print_fusion(report["fusion_search"])
+    cache = report["cache"]
+    print(f"view cache: {cache['path']} ({cache['bytes'] / 2**20:.1f} MB), "
+          + ("kept: delete it when done" if cache["kept"] else "removed (--keep-cache keeps it)"))
+    if report.get("tuned_plan"):
+        print(f"tuned plan: {report['tuned_plan']}")
+    print(f"report: {args.output / 'index.html'}")
+    return 0
+
+
+def _print_fusion(search: dict) -> None:
+    metric = "mean Dice" if search["metric"] == "dice" else "mIoU"
+    rules = ", ".join(f"{r} {v:.4f}" for r, v in search["rules_on_selection"].items())
+    print(f"vote rules ({metric} on {search['selection_images']} selection images): {rules}; chosen {search['chosen']}")
+    held = search.get("holdout")
+    if held:
+        gains = ", ".join(f"{c} {g:+.4f}" for c, g in held["gain_per_class"].items() if g is not None)
+        print(f"held out ({search['holdout_images']} images): plan {held['plan']:.4f}, chosen {held['chosen']:.4f}; per class {gains}")
+
+
+def _print_ablation(report: dict) -> None:
     print(f"full ensemble mIoU {report['full']['miou']:.4f} ({report['full']['forward_passes']} passes, "
           f"{report['full']['ms_per_image']:.0f} ms/img)")
     print(f"{'variant':<28}{'mIoU':>8}{'gain':>9}{'passes':>8}{'ms/img':>9}")
@@ -62,8 +88,3 @@ def run(args) -> int:
     if "holdout" in report["selection"]:
         h = report["selection"]["holdout"]
         print(f"held out: plan weights {h['plan_weights']:.4f}, chosen {h['chosen']:.4f}, best single {h['best_single']:.4f}")
-    cache = report["cache"]
-    print(f"view cache: {cache['path']} ({cache['bytes'] / 2**20:.1f} MB), "
-          + ("kept: delete it when done" if cache["kept"] else "removed (--keep-cache keeps it)"))
-    print(f"report: {args.output / 'index.html'}")
-    return 0

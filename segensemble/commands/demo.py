@@ -13,11 +13,14 @@ def add(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="working folder (default demo-out)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0): the run is reproducible")
     p.add_argument("--steps", type=int, default=120, help="training steps per tiny model (default 120)")
+    p.add_argument("--task", choices=["multiclass", "multilabel"], default="multiclass",
+                   help="multiclass (default: trash-like classes, one label per pixel) or multilabel (overlapping classes "
+                   "as bones in an X-ray: sigmoid members, mean Dice, a per-class RLE submission)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from segensemble.synthetic.demo import DemoOptions, run_demo
 
-    run_demo(DemoOptions(out=args.out, seed=args.seed, steps=args.steps))
+    run_demo(DemoOptions(out=args.out, seed=args.seed, steps=args.steps, task=args.task))
     return 0

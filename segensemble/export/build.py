@@ -109,6 +109,8 @@ def _build_model(plan: Plan, index: int, member: MemberSpec, k: int, out: Path) 
     target = out / f"{safe_name(member.name)}-{k}.onnx"
     cached = _read_cached(target, key)
     if cached:
+        if cached.channels:  # an export made for another task of the same classes
+            _check_channels(plan, cached.channels, f"{where}: {sources[0]}")
         return cached, True, None
     # a binary member may have one logit or a softmax pair: its checkpoint says which
     spec = PartialSpec(member.arch, member.encoder, None if plan.task == "binary" else len(plan.classes), member.in_channels,
@@ -145,7 +147,7 @@ def _channel_names(plan: Plan, channels: int) -> list[str]:
 def _cache_key(plan: Plan, member: MemberSpec, sources: list[str]) -> str:
     fields = {
         "sources": [file_sha256(Path(s)) for s in sources], "axis": member.axis, "arch": member.arch, "encoder": member.encoder,
-        "classes": list(plan.classes), "task": plan.task, "in_channels": member.in_channels, "mean": member.mean, "std": member.std,
+        "classes": list(plan.classes), "in_channels": member.in_channels, "mean": member.mean, "std": member.std,
         "stride": member.stride, "input_size": member.input_size, "opset": OPSET, "model_kwargs": member.model_kwargs,
         "bn_images": _folder_fingerprint(member.bn_images) if member.bn_images else None,
     }
@@ -276,4 +278,4 @@ def plan_table(manifest: Manifest) -> str:
                      ",".join(m.tta), str(m.views), f"{m.weight:g}"))
     cost = manifest.cost
     rows.append(("total", "", "", str(sum(len(m.models) for m in manifest.members)), "", "", str(cost.forward_passes), ""))
-    return text_table(rows, rule=True) + f"\nper image: {cost.describe()}"
+    return text_table(rows, rule=True) + f"\nper image: {cost.describe()}\ntask: {manifest.fusion.describe()}"

@@ -68,11 +68,12 @@ def resize_nearest(mask: np.ndarray, size_hw: tuple[int, int] | None) -> np.ndar
     """A mask or label map at the submission size (cv2 INTER_NEAREST, as albumentations resizes masks)."""
     if size_hw is None or tuple(size_hw) == mask.shape:
         return mask
-    return cv2.resize(mask.astype(np.uint8), (size_hw[1], size_hw[0]), interpolation=cv2.INTER_NEAREST)
+    small = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)  # label maps past 256 classes
+    return cv2.resize(small, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_NEAREST)
 
 
 def submission_string(labels: np.ndarray, size_hw: tuple[int, int] = CONTEST_SIZE) -> str:
-    return " ".join(map(str, resize_nearest(labels.astype(np.uint8), size_hw).ravel().tolist()))
+    return " ".join(map(str, resize_nearest(labels, size_hw).ravel().tolist()))
 
 
 def partial_path(csv_path: Path) -> Path:

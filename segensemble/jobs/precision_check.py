@@ -10,7 +10,7 @@ import numpy as np
 
 from segensemble.formats.images import list_images, read_image
 from segensemble.run_config import Precision, RunConfig
-from segensemble.runtime.engine import LABELS, PROBS, Want, open_engine
+from segensemble.runtime.engine import LABELS, MASKS, PROBS, Want, open_engine
 
 SAMPLE_IMAGES = 8
 
@@ -26,16 +26,17 @@ def sample_images(calib_images: Path | None, plan_images: list[str]) -> list[np.
 
 
 def agreement(build_dir: Path, precision: str, images: list[np.ndarray], config: RunConfig = RunConfig()) -> dict:
-    """Labels agreement (worst image and all pixels) and max |ΔP| of ``precision`` against fp32."""
+    """Decision agreement (labels, or every class's mask pixel; worst image and all pixels) and max |ΔP| of
+    ``precision`` against fp32."""
     from dataclasses import replace
 
     exact = open_engine(build_dir, replace(config, precision=Precision.FP32))
     fast = open_engine(build_dir, replace(config, precision=Precision(precision)))
-    want = Want({LABELS, PROBS})
+    want = Want({LABELS, MASKS, PROBS})
     agree, diffs, pixels, same = [], [], 0, 0
     for image in images:
         a, b = exact.predict([image], want)[0], fast.predict([image], want)[0]
-        equal = a.labels == b.labels
+        equal = a.labels == b.labels if a.labels is not None else a.masks == b.masks  # multiclass labels, or masks
         agree.append(float(equal.mean()))
         pixels, same = pixels + equal.size, same + int(equal.sum())
         diffs.append(float(np.abs(a.probs - b.probs).max()))

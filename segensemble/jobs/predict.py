@@ -4,7 +4,7 @@ and probabilities, for every task (``formats/submission.py`` has the layouts).""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +133,10 @@ def _outputs_exist(ref: ImageRef, options: PredictOptions, engine: Runner) -> bo
 def _write(ref: ImageRef, prediction, options: PredictOptions, writer, engine: Runner) -> None:
     classes, task = engine.classes, engine.fusion.task
     if options.masks_dir:
+        if options.format == "png" and options.submission_size:  # png as the submission: at its size, like every format
+            prediction = replace(prediction, labels=None if prediction.labels is None else resize_nearest(prediction.labels, options.submission_size),
+                                 masks=None if prediction.masks is None else
+                                 np.stack([resize_nearest(m, options.submission_size) for m in prediction.masks]))
         save_masks(options.masks_dir, ref.image_id, prediction, ref.path, classes, task)
     if options.probs_dir:
         save_probs(options.probs_dir, ref.image_id, prediction.probs, ref.path)

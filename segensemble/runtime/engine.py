@@ -142,7 +142,8 @@ class Engine:
         return "openvino" if self.precision == "bf16" else "onnxruntime"
 
     def describe(self) -> str:
-        return f"{self.forward_passes} views per image in one graph on {', '.join(self.active_providers)} ({self.precision})"
+        fusion = "" if self.fusion == Fusion() else f"; {self.fusion.describe()}"
+        return f"{self.forward_passes} views per image in one graph on {', '.join(self.active_providers)} ({self.precision}){fusion}"
 
     def run(self, images: list[np.ndarray], want: Want = Want({LABELS}), control: RunControl | None = None) -> list[Prediction]:
         """One graph run over same-size RGB uint8 images."""

@@ -3,6 +3,8 @@
 Generates a synthetic trash-like dataset (COCO), trains tiny members (two architectures, two folds, three
 epoch snapshots, an SWA member), writes a plan over every axis, builds it, evaluates each member beside
 the ensemble, predicts the test set into a submission CSV, writes pseudo-labels, and prints how to serve.
+``task="multilabel"`` does the same on overlapping classes (translucent shapes, as bones in an X-ray):
+sigmoid members, mean Dice, a per-class RLE submission checked by ``check-submission``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 TOTAL = 7  # steps
 DEMO_CLASSES = ["Background", "General trash", "Paper", "Metal", "Glass", "Plastic"]
+MULTILABEL_CLASSES = ["radius", "ulna", "scaphoid", "lunate", "capitate"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,11 @@ class DemoOptions:
     train_images: int = 48
     steps: int = 120
     crop: int = 64  # training crops: half the compute of full 96x96 images, the same ensemble gain
+    task: str = "multiclass"  # or multilabel: overlapping classes, sigmoid members
+
+    @property
+    def classes(self) -> list[str]:
+        return MULTILABEL_CLASSES if self.task == "multilabel" else DEMO_CLASSES
 
 
 def _step(n: int, total: int, text: str) -> float:
@@ -37,18 +45,21 @@ def run_demo(opts: DemoOptions) -> dict:
     """Run every stage with the library's own functions; returns the evaluation report."""
     import torch  # noqa: F401  (first: without the export extra the demo stops before writing anything)
 
-    from segensemble.synthetic.data import write_split
+    from segensemble.synthetic.data import write_multilabel_split, write_split
 
     started = time.perf_counter()
     out = opts.out
-    _step(1, TOTAL, f"synthetic dataset under {out / 'data'} (train/val/test, COCO)")
+    overlapping = opts.task == "multilabel"
+    _step(1, TOTAL, f"synthetic dataset under {out / 'data'} (train/val/test, COCO{'; classes overlap' if overlapping else ''})")
     data = out / "data"
-    train = write_split(data, opts.train_images, DEMO_CLASSES, (opts.size, opts.size), seed=opts.seed, name="train")
-    val = write_split(data, 12, DEMO_CLASSES, (opts.size, opts.size), seed=opts.seed + 1, name="val")
-    test = write_split(data, 12, DEMO_CLASSES, (opts.size, opts.size), seed=opts.seed + 2, name="test")
-    _step(2, TOTAL, "training tiny members on CPU (2 architectures, 2 folds, 3 epoch snapshots, SWA)")
+    write = write_multilabel_split if overlapping else write_split
+    train = write(data, opts.train_images, opts.classes, (opts.size, opts.size), seed=opts.seed, name="train")
+    val = write(data, 12, opts.classes, (opts.size, opts.size), seed=opts.seed + 1, name="val")
+    test = write(data, 12, opts.classes, (opts.size, opts.size), seed=opts.seed + 2, name="test")
+    kind = "sigmoid " if overlapping else ""
+    _step(2, TOTAL, f"training tiny {kind}members on CPU (2 architectures, 2 folds, 3 epoch snapshots, SWA)")
     _train_members(train, out / "ckpt", opts)
-    report = _run_jobs(out, _write_plan(out, data), train, val, test)
+    report = _run_jobs(out, _write_plan(out, opts), train, val, test)
     _step(7, TOTAL, f"serve it (the demo took {time.perf_counter() - started:.0f} s)")
     print(f"  ensemble serve --build {out / 'build'} --port 8000")
     print(f"  curl -s -F file=@{test.images / 'test_0000.png'} 'http://127.0.0.1:8000/segment?format=json' | head -c 400")
@@ -63,6 +74,7 @@ def _run_jobs(out: Path, plan_file: Path, train, val, test) -> dict:
     from segensemble.formats.atomic import write_atomic
     from segensemble.formats.coco import coco_images
     from segensemble.formats.images import list_images
+    from segensemble.jobs.check_submission import check_submission
     from segensemble.jobs.evaluate import EvaluateOptions, evaluate
     from segensemble.jobs.predict import PredictOptions, predict_to_files
     from segensemble.jobs.pseudo_label import PseudoOptions, default_report, pseudo_label
@@ -79,13 +91,18 @@ def _run_jobs(out: Path, plan_file: Path, train, val, test) -> dict:
     _step(4, TOTAL, "evaluating each member and the ensemble on the validation set")
     report = evaluate(engine, val.coco, val.images, EvaluateOptions())
     write_atomic(out / "evaluation.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+    metric, key = ("mean Dice", "dice") if engine.fusion.sigmoid else ("mIoU", "miou")
     for name, figures in report["members"].items():
-        print(f"  {name:<12} mIoU {figures['miou']:.4f}")
-    best = max(report["members"].items(), key=lambda kv: kv[1]["miou"])
-    print(f"ensemble mIoU {report['ensemble']['miou']:.4f} vs best single member {best[0]} {best[1]['miou']:.4f}")
-    _step(5, TOTAL, "predicting the test set into a submission CSV")
-    done = predict_to_files(engine, coco_images(test.coco, test.images), PredictOptions(out / "submission.csv", out / "masks"))
+        print(f"  {name:<12} {metric} {figures[key]:.4f}")
+    best = max(report["members"].items(), key=lambda kv: kv[1][key])
+    print(f"ensemble {metric} {report['ensemble'][key]:.4f} vs best single member {best[0]} {best[1][key]:.4f}")
+    fmt = "rle-per-class" if engine.fusion.sigmoid else "contest-csv"
+    _step(5, TOTAL, f"predicting the test set into a submission CSV ({fmt}), checked as a scorer would")
+    refs = coco_images(test.coco, test.images)
+    done = predict_to_files(engine, refs, PredictOptions(out / "submission.csv", out / "masks", format=fmt))
     print(f"  {done.predicted} images, {done.images_per_second:.1f} img/s: {done.csv}, masks in {out / 'masks'}")
+    checked = check_submission(out / "submission.csv", fmt, refs, engine.classes, None)
+    print(f"  check-submission: {'valid' if checked.valid else checked.problems[:3]} ({checked.rows} rows)")
     _step(6, TOTAL, "pseudo-labels for the test images (image-level rule; --max-uncertain 0.3 since tiny models are less sure)")
     summary = pseudo_label(engine, list_images(test.images), PseudoOptions(
         output=out / "pseudo.json", rule=PseudoRule(0.8, 0.3), merge_with=train.coco, images_root=test.images,
@@ -100,7 +117,7 @@ def _train_members(train, ckpt: Path, opts: DemoOptions) -> None:
     from segensemble.synthetic.trainer import TINY_KWARGS, load_split_arrays, save_checkpoint, train_tiny
 
     images, masks = load_split_arrays(train.images, json.loads(train.coco.read_text())["images"], train.masks)
-    unet, fpn = (ModelSpec(arch, "resnet18", len(DEMO_CLASSES), extra=TINY_KWARGS[arch]) for arch in ("Unet", "FPN"))
+    unet, fpn = (ModelSpec(arch, "resnet18", len(opts.classes), extra=TINY_KWARGS[arch]) for arch in ("Unet", "FPN"))
     started = time.perf_counter()
 
     def fit(spec, label: str, keep=slice(None), seed: int = 0, snapshots: tuple[int, ...] = ()):
@@ -121,14 +138,16 @@ def _train_members(train, ckpt: Path, opts: DemoOptions) -> None:
     save_checkpoint(model, ckpt / "fpn_dir", "smp_dir")
 
 
-def _write_plan(out: Path, data: Path) -> Path:
+def _write_plan(out: Path, opts: DemoOptions) -> Path:
     import yaml
 
     from segensemble.synthetic.trainer import TINY_KWARGS
 
     e = [f"ckpt/unet_e{s}.pth" for s in sorted(int(p.stem.split("_e")[1]) for p in (out / "ckpt").glob("unet_e*.pth"))]
+    task = {"task": "multilabel", "vote": "mean", "thresholds": 0.5} if opts.task == "multilabel" else {}
     plan = {
-        "classes": DEMO_CLASSES,
+        **task,
+        "classes": opts.classes,
         "defaults": {"arch": "Unet", "encoder": "resnet18", "model_kwargs": TINY_KWARGS["Unet"], "tta": ["identity", "hflip"]},
         "members": [
             {"name": "unet-kfold", "folds": ["ckpt/unet_f0.pth", "ckpt/unet_f1.pth"], "scales": [0.75, 1.0, 1.25]},

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.formats.atomic import write_atomic
-from segensemble.formats.coco import category_map, coco_images, label_map, load_coco
+from segensemble.formats.coco import category_map, class_masks, coco_images, label_map, load_coco
 from segensemble.formats.images import read_image
 from segensemble.jobs.analyze.cache import ViewCache, build_cache
+from segensemble.jobs.analyze.fusion_search import search_fusion
 from segensemble.jobs.analyze.page import render_page
 from segensemble.jobs.analyze.pictures import confusion_heatmap, image_grid, iou_bars, require_matplotlib
 from segensemble.jobs.analyze.scoring import score_views
@@ -55,14 +56,22 @@ def _measure(engine: Engine, coco_path: Path, image_root: Path, options: Analyze
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     names = engine.classes
-    refs, paint = _images(coco_path, image_root, names, options)
+    sigmoid = engine.fusion.sigmoid
+    refs, paint = _images(coco_path, image_root, names, options, sigmoid)
     started = time.perf_counter()
     cache = build_cache(engine, refs, out / "cache", options.cache_dtype, options.progress)
-    gts = _ground_truth(paint, cache, out)
+    gts = _ground_truth(paint, cache, out, len(names) if sigmoid else 1)
     n = len(refs)
     order = np.random.default_rng(options.seed).permutation(n)
     held = sorted(order[: int(round(options.holdout * n))].tolist())
     select = sorted(order[len(held):].tolist()) or list(range(n))
+    fusion = search_fusion(cache, list(engine.members), engine.fusion, gts, select, held, names)
+    if sigmoid:  # mask tasks: the vote and thresholds search (ablation, selection and pictures score label maps)
+        report = {"images": n, "classes": names, "task": engine.fusion.task, "seconds": round(time.perf_counter() - started, 1),
+                  "seed": options.seed, "holdout_images": len(held), "selection_images": len(select), "fusion_search": fusion}
+        if plan is not None:
+            report["tuned_plan"] = str(write_tuned_plan(plan, [m.weight for m in plan.members], out, fusion["chosen"]))
+        return report
     everything = list(range(n))
     members = list(engine.members)
     views = cache.views
@@ -83,11 +92,11 @@ def _measure(engine: Engine, coco_path: Path, image_root: Path, options: Analyze
         "cache_dtype": options.cache_dtype, "holdout_images": len(held), "selection_images": len(select),
         "full": {k: v for k, v in full.items() if k != "confusion"}, "confusion": full["confusion"],
         "ablation": [{k: v for k, v in r.items() if k != "confusion"} for r in table],
-        "best_member": members[best].name, "selection": selection,
+        "best_member": members[best].name, "selection": selection, "fusion_search": fusion,
     }
     report["pictures"] = _pictures(engine, cache, refs, gts, full, alone[best], names, out, options)
     if plan is not None:
-        report["tuned_plan"] = str(write_tuned_plan(plan, selection["chosen"]["weights"], out))
+        report["tuned_plan"] = str(write_tuned_plan(plan, selection["chosen"]["weights"], out, fusion["chosen"]))
     return report
 
 
@@ -101,8 +110,9 @@ def _settle_cache(root: Path, keep: bool) -> dict:
     return {"path": str(root), "bytes": size, "kept": keep}
 
 
-def _images(coco_path: Path, image_root: Path, names: list[str], options: AnalyzeOptions) -> tuple[list, Callable]:
-    """The images to analyze (a seeded sample with --max-images) and a function painting image i's label map."""
+def _images(coco_path: Path, image_root: Path, names: list[str], options: AnalyzeOptions, sigmoid: bool) -> tuple[list, Callable]:
+    """The images to analyze (a seeded sample with --max-images) and a function painting image i's label map
+    (mask tasks: its (C, H, W) class masks, which may overlap)."""
     coco = load_coco(coco_path)
     cats = category_map(coco, names, str(coco_path))
     unlabeled = unlabeled_value(options.unlabeled, names)
@@ -110,14 +120,19 @@ def _images(coco_path: Path, image_root: Path, names: list[str], options: Analyz
     if options.max_images and options.max_images < len(refs):
         keep = np.random.default_rng(options.seed).choice(len(refs), size=options.max_images, replace=False)
         refs = [refs[i] for i in sorted(keep.tolist())]
+    if sigmoid:
+        return refs, lambda i: class_masks(coco, refs[i].coco_id, cats, len(names))
     return refs, lambda i: label_map(coco, refs[i].coco_id, cats, unlabeled)
 
 
-def _ground_truth(paint: Callable, cache: ViewCache, out: Path) -> Callable[[int], np.ndarray]:
-    """Every label map painted once into a disk store beside the view cache; returns the reader."""
-    store = ViewCache(out / "cache" / "gt", [cache.views[0]], cache.sizes, 1, "uint8")
+def _ground_truth(paint: Callable, cache: ViewCache, out: Path, channels: int = 1) -> Callable[[int], np.ndarray]:
+    """Every label map (or set of class masks) painted once into a disk store beside the view cache; returns
+    the reader."""
+    store = ViewCache(out / "cache" / "gt", [cache.views[0]], cache.sizes, channels, "uint8")
     for i in range(len(cache.sizes)):
         store.put(0, i, paint(i))
+    if channels > 1:
+        return lambda i: store.get(0, i).astype(bool)
     return lambda i: store.get(0, i)[0].astype(np.uint8)
 
 

@@ -80,8 +80,9 @@ def select_members(cache, members, gts, select, held, names, out, best) -> dict:
     return result
 
 
-def write_tuned_plan(plan: Plan, weights: list[float], out: Path) -> Path:
-    """The plan with the chosen weights; members weighted 0 are left out. Paths are absolute."""
+def write_tuned_plan(plan: Plan, weights: list[float], out: Path, fusion: dict | None = None) -> Path:
+    """The plan with the chosen weights (and vote, thresholds: ``fusion``); members weighted 0 are left out.
+    Paths are absolute; the plan's task and other top-level fields are kept."""
     members = []
     for member, w in zip(plan.members, weights):
         if w <= 0:
@@ -92,8 +93,10 @@ def write_tuned_plan(plan: Plan, weights: list[float], out: Path) -> Path:
                 data[key] = getattr(member, key)
         data["weight"] = float(w)
         members.append(data)
-    text = "# written by `ensemble analyze`: members and weights chosen on the validation set\n" + \
-        yaml.safe_dump({"classes": list(plan.classes), "members": members}, sort_keys=False)
+    top = plan.model_dump(mode="json", include={"task", "vote", "min_votes", "tsharpen_t", "thresholds"}, exclude_defaults=True)
+    top |= fusion or {}
+    text = "# written by `ensemble analyze`: members, weights and vote chosen on the validation set\n" + \
+        yaml.safe_dump({**top, "classes": list(plan.classes), "members": members}, sort_keys=False)
     target = out / "plan.tuned.yaml"
     write_atomic(target, lambda tmp: tmp.write_text(text))
     return target
