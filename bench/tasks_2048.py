@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine_vs_eager import cpu_description  # noqa: E402
+from engine_vs_eager import cpu_description
 
 CLASSES = [f"bone-{i:02d}" for i in range(29)]
 UNET = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
