@@ -63,7 +63,8 @@ def run_demo(opts: DemoOptions) -> dict:
     _step(7, TOTAL, f"serve it (the demo took {time.perf_counter() - started:.0f} s)")
     print(f"  ensemble serve --build {out / 'build'} --port 8000")
     print(f"  curl -s -F file=@{test.images / 'test_0000.png'} 'http://127.0.0.1:8000/segment?format=json' | head -c 400")
-    print(f"  curl -s --data-binary @{test.images / 'test_0000.png'} -H 'Content-Type: image/png' http://127.0.0.1:8000/segment -o mask.png")
+    answer = "masks.zip  # one 0/1 PNG per class" if overlapping else "mask.png"
+    print(f"  curl -s --data-binary @{test.images / 'test_0000.png'} -H 'Content-Type: image/png' http://127.0.0.1:8000/segment -o {answer}")
     return report
 
 
