@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from segensemble.tiles import tile_count
 from segensemble.views import TTA, padded_size, scaled_size
 
 # Peak activation memory per padded input pixel per image in a call, measured with ONNX Runtime on CPU at
@@ -62,8 +63,13 @@ def image_cost(members: Sequence[ViewSpec], image_hw: tuple[int, int], classes: 
     pixel_views, largest_call = 0, 0
     for m in members:
         groups = [sum(TTA[t].swaps_hw == swap for t in m.tta) for swap in (False, True)]
+        tiles = getattr(m, "tiles", None)
         for s in m.scales:
-            h, w = padded_size(scaled_size(tuple(m.input_size or image_hw), s), m.stride)
+            if tiles:  # every tile of the scaled image is a view's worth of pixels
+                h, w = tiles.size
+                h *= tile_count(scaled_size(image_hw, s), tiles)
+            else:
+                h, w = padded_size(scaled_size(tuple(m.input_size or image_hw), s), m.stride)
             pixel_views += h * w * len(m.tta) * m.model_count
             largest_call = max(largest_call, h * w * max(groups))
     outputs = classes * image_hw[0] * image_hw[1] * 4 * (len(members) + 3)  # member outputs, sums, probs

@@ -16,6 +16,7 @@ from segensemble.errors import SegEnsembleError, first_line
 from segensemble.files import open_regular
 from segensemble.profiles import Profile, apply_profile
 from segensemble.task import Fusion
+from segensemble.tiles import TileOptions
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 2  # 2: the ensemble graph (ensemble.onnx) is part of every build
@@ -61,6 +62,7 @@ class MemberEntry(BaseModel):
     scales: list[float]
     tta: list[str]
     input_size: tuple[int, int] | None
+    tiles: TileOptions | None = None
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     stride: int

@@ -20,6 +20,7 @@ from segensemble.errors import PlanError
 from segensemble.names import safe_name
 from segensemble.profiles import Profile, TtaName, apply_profile
 from segensemble.task import DEFAULT_THRESHOLD, Fusion, TaskName, VoteRule
+from segensemble.tiles import TileOptions
 from segensemble.yaml_guard import load_yaml
 
 # bounds on what a plan may ask for: far past any real ensemble, short of what exhausts a machine
@@ -58,6 +59,7 @@ class ViewOptions(BaseModel):
     std: tuple[float, float, float] = IMAGENET_STD
     stride: int = Field(32, ge=1, le=MAX_STRIDE)
     input_size: tuple[int, int] | None = None
+    tiles: TileOptions | None = Field(None, description="sliding-window inference: tiles of this size, blended (MONAI's definitions)")
     preprocess: str | None = None  # the training pipeline's saved albumentations val transform: sets the four above (build)
     # views and voting
     scales: list[Annotated[float, Field(gt=0, le=MAX_SCALE)]] = Field(default_factory=lambda: [1.0], min_length=1, max_length=64)
@@ -145,6 +147,18 @@ class MemberSpec(ViewOptions):
     epochs: list[str] | None = Field(None, min_length=1, max_length=MAX_MODELS_PER_MEMBER)
     swa: list[str] | None = Field(None, min_length=2, max_length=MAX_MODELS_PER_MEMBER)
     onnx: str | None = None
+
+    @model_validator(mode="after")
+    def _tiles_fit(self) -> MemberSpec:
+        if self.tiles is None:
+            return self
+        if self.input_size is not None:
+            raise ValueError("tiles: a member has input_size (the whole image resized to it) or tiles (the image cut into "
+                             "tiles at its own size x scale), not both; keep tiles for members trained on crops")
+        if any(side % self.stride for side in self.tiles.size):
+            raise ValueError(f"tiles: size {list(self.tiles.size)} must be a multiple of the member's stride {self.stride} "
+                             "(each tile goes to the model as it is)")
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> MemberSpec:

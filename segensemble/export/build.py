@@ -225,7 +225,8 @@ def _member_entry(member: MemberSpec, models: list[ModelEntry]) -> MemberEntry:
     return MemberEntry(
         name=member.name, axis=member.axis, arch=member.arch or first.arch, encoder=member.encoder or first.encoder,
         weight=member.weight, class_weights=member.class_weights,
-        scales=list(member.scales), tta=list(member.tta), input_size=member.input_size or first.fixed_hw,
+        scales=list(member.scales), tta=list(member.tta), tiles=member.tiles,
+        input_size=None if member.tiles else member.input_size or first.fixed_hw,  # a tiled model sees tiles
         mean=member.mean, std=member.std, stride=member.stride, models=models,
     )
 
@@ -239,7 +240,7 @@ def _check_fixed_shapes(entry: MemberEntry, where: str) -> None:
             continue
         fixed = tuple(model.fixed_hw)
         for s in entry.scales:
-            h, w = padded_size(scaled_size(entry.input_size or fixed, s), entry.stride)
+            h, w = tuple(entry.tiles.size) if entry.tiles else padded_size(scaled_size(entry.input_size or fixed, s), entry.stride)
             for t in entry.tta:
                 shape = (w, h) if TTA[t].swaps_hw else (h, w)
                 if shape != fixed:

@@ -35,6 +35,7 @@ import numpy as np
 
 from segensemble.errors import SegEnsembleError
 from segensemble.export.graph_ops import GraphBuilder
+from segensemble.export.graph_tiles import blend, cut
 from segensemble.export.graph_vote import logits_of, view_value, vote_outputs
 from segensemble.graph_io import GRAPH_FORMAT, INPUT, LABELS, MASK, MASKS, PROBS, decision_output, list_views, member_output, view_output
 from segensemble.manifest import Manifest, MemberEntry
@@ -99,7 +100,10 @@ class _Member:
         x = b.resize(self.image, hw) if resized else self.image
         mean, std = np.asarray(entry.mean, np.float64), np.asarray(entry.std, np.float64)
         x = b.op("Add", [b.op("Mul", [x, b.f32((1 / (255 * std)).reshape(1, 3, 1, 1))]), b.f32((-mean / std).reshape(1, 3, 1, 1))], "norm")
-        if entry.stride > 1:
+        grid = None
+        if entry.tiles:  # sliding window: the tiles are the batch, blended back after (graph_tiles)
+            x, grid = cut(b, x, hw, entry.tiles)
+        elif entry.stride > 1:
             x = b.pad_to(x, hw, b.padded(hw, entry.stride))
         groups = [[t for t in entry.tta if TTA[t].swaps_hw == swap] for swap in (False, True)]
         terms = []
@@ -111,7 +115,8 @@ class _Member:
                 values = view_value(b, logits, self.fusion, self.rule)
                 chunks = [values] if len(group) == 1 else b.op("Split", [values], "view", outputs=len(group), axis=0, num_outputs=len(group))
                 for t, chunk in zip(group, chunks):
-                    p = b.crop(b.tta(chunk, t, inverse=True), hw)
+                    p = b.tta(chunk, t, inverse=True)
+                    p = blend(b, p, grid, hw, entry.tiles) if grid else b.crop(p, hw)
                     terms.append(p)
                     if views_out is not None:
                         views_out[(k, scale, t)] = (p, hw, resized)

@@ -13,6 +13,7 @@ import numpy as np
 
 from segensemble.manifest import Manifest
 from segensemble.task import VOTE_SLACK, Fusion
+from segensemble.tiles import importance_map, padding, starts
 from segensemble.views import TTA, bilinear
 
 
@@ -94,6 +95,34 @@ def decide(probs: np.ndarray, fusion: Fusion) -> np.ndarray:
     return probs > np.asarray(fusion.thresholds)[:, None, None]
 
 
+def _value(run, x: np.ndarray, t: str, fusion: Fusion, rule: str | None) -> np.ndarray:
+    """One TTA view of a model input (3, h, w): augment, run, de-augment, the vote rule's value."""
+    logits = TTA[t].deaugment(run(np.ascontiguousarray(TTA[t].augment(x))))
+    if fusion.task == "binary" and logits.shape[0] == 2:
+        logits = logits[1:] - logits[:1]
+    return view_value(logits, fusion, rule)
+
+
+def tiled_value(image: np.ndarray, member, scale: float, t: str, run, fusion: Fusion, rule: str | None) -> np.ndarray:
+    """A tiled member's value at the scaled size (C, h, w): MONAI's sliding window (``tiles.py``) over the
+    normalized, scaled image, each tile through TTA view ``t``, tile by tile in a plain loop."""
+    H, W = image.shape[:2]
+    h, w = max(1, int(np.floor(H * scale + 0.5))), max(1, int(np.floor(W * scale + 0.5)))
+    x = (bilinear(image.astype(np.float64), h, w) / 255.0 - np.array(member.mean)) / np.array(member.std)
+    (th, tw), opts = member.tiles.size, member.tiles
+    (top, bottom), (left, right) = padding(h, th), padding(w, tw)
+    x = np.pad(x.transpose(2, 0, 1), ((0, 0), (top, bottom), (left, right)))
+    weights = importance_map((th, tw), opts.blend, opts.sigma_scale).astype(np.float64)
+    total, count = None, np.zeros(x.shape[1:])
+    for r in starts(x.shape[1], th, opts.overlap):
+        for c in starts(x.shape[2], tw, opts.overlap):
+            q = _value(run, x[:, r:r + th, c:c + tw], t, fusion, rule)
+            total = np.zeros((q.shape[0], *x.shape[1:])) if total is None else total
+            total[:, r:r + th, c:c + tw] += weights * q
+            count[r:r + th, c:c + tw] += weights
+    return (total / count)[:, top:top + h, left:left + w]
+
+
 class Reference:
     """Plain-loop ensemble probabilities of one image; member sessions opened once per file."""
 
@@ -108,6 +137,12 @@ class Reference:
             self._sessions[file] = ort.InferenceSession(str(self.build_dir / file), providers=["CPUExecutionProvider"])
         return self._sessions[file]
 
+    def _runner(self, file: str):
+        """A member model as a function of one (3, h, w) input: (C, h, w) float64 logits."""
+        session = self._session(file)
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: x[None].astype(np.float32)})[0][0].astype(np.float64)
+
     def views(self, manifest: Manifest, image: np.ndarray, rule: str | None = "mean"):
         """Yield (member index, model index, scale, tta, (C, H, W) float64 view value at the image's size): the
         view's probabilities under the default ``rule`` "mean", the value the plan's vote needs under None."""
@@ -115,16 +150,13 @@ class Reference:
         fusion = manifest.fusion
         for mi, m in enumerate(manifest.members):
             for k, model in enumerate(m.models):
-                session = self._session(model.file)
-                name = session.get_inputs()[0].name
+                run = self._runner(model.file)
                 for s in m.scales:
-                    padded, (h, w) = model_input(image, m, s)
                     for t in m.tta:
-                        x_t = np.ascontiguousarray(TTA[t].augment(padded))[None].astype(np.float32)
-                        logits = TTA[t].deaugment(session.run(None, {name: x_t})[0][0].astype(np.float64))[:, :h, :w]
-                        if fusion.task == "binary" and logits.shape[0] == 2:
-                            logits = logits[1:] - logits[:1]
-                        q = view_value(logits, fusion, rule)
+                        q = tiled_value(image, m, s, t, run, fusion, rule) if m.tiles else None
+                        if q is None:
+                            padded, (h, w) = model_input(image, m, s)
+                            q = _value(run, padded, t, fusion, rule)[:, :h, :w]
                         yield mi, k, s, t, bilinear(q.transpose(1, 2, 0), H, W).transpose(2, 0, 1)
 
     def predict(self, manifest: Manifest, image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -1,0 +1,143 @@
+"""Tiled members (sliding window): the grid and importance map equal MONAI's, the ensemble graph equals the
+reference loop (verified at build), and a tiled member's output equals MONAI's ``sliding_window_inference``
+run in PyTorch on the same model with the same tiles, overlap, blend and TTA, on odd sizes, with scales,
+hflip and rot90, gaussian and constant blends, and images smaller than a tile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import SIGMOID_CLASSES, UNET_KW, build_plan
+
+from segensemble.errors import PlanError
+from segensemble.models.checkpoints import PartialSpec, load_checkpoint
+from segensemble.plan import parse_plan
+from segensemble.runtime.engine import MEMBERS, Engine, Want
+from segensemble.synthetic.data import smooth_image
+from segensemble.tiles import importance_map, interval, padding, starts
+from segensemble.views import bilinear
+
+monai_utils = pytest.importorskip("monai.data.utils")
+monai_inferers = pytest.importorskip("monai.inferers")
+
+
+@pytest.mark.parametrize("side,tile,overlap", [(100, 32, 0.25), (64, 64, 0.25), (33, 64, 0.5), (1000, 512, 0.25), (97, 30, 0.9)])
+def test_grid_equals_monai(side, tile, overlap):
+    padded = max(side, tile)
+    step = interval(padded, tile, overlap)
+    from monai.inferers.utils import _get_scan_interval
+
+    assert step == _get_scan_interval((padded,), (tile,), 1, (overlap,))[0]
+    want = [s[0].start for s in monai_utils.dense_patch_slices((padded,), (tile,), (step,))]
+    assert starts(padded, tile, overlap) == want
+    diff = max(tile - side, 0)
+    assert padding(side, tile) == (diff // 2, diff - diff // 2)
+
+
+@pytest.mark.parametrize("size,blend,sigma", [((64, 64), "gaussian", 0.125), ((32, 96), "gaussian", 0.3), ((16, 24), "constant", 0.125)])
+def test_importance_map_equals_monai(size, blend, sigma):
+    want = monai_utils.compute_importance_map(size, mode=blend, sigma_scale=sigma).numpy()
+    assert np.abs(importance_map(size, blend, sigma) - want).max() < 1e-6
+
+
+def test_tiles_and_input_size_are_refused_together_and_sizes_fit_the_stride(sigmoid_ckpts, tmp_path):
+    raw = {"task": "multilabel", "classes": SIGMOID_CLASSES, "members": [
+        {"name": "t", "checkpoint": str(sigmoid_ckpts["unet"]), "arch": "Unet", "encoder": "resnet18", "model_kwargs": UNET_KW,
+         "tiles": {"size": [64, 64]}, "input_size": [64, 64]}]}
+    with pytest.raises(PlanError, match="input_size .* or tiles .*, not both; keep tiles for members trained on crops"):
+        parse_plan(raw, tmp_path)
+    raw["members"][0].pop("input_size")
+    raw["members"][0]["tiles"] = {"size": [48, 64]}
+    with pytest.raises(PlanError, match=r"tiles: size \[48, 64\] must be a multiple of the member's stride 32"):
+        parse_plan(raw, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiled_build(sigmoid_ckpts, sigmoid_data, tmp_path_factory):
+    """Tiled members beside a whole-image one; the build verifies the graph against the reference loop."""
+    shared = {"arch": "Unet", "encoder": "resnet18", "model_kwargs": UNET_KW}
+    members = [
+        {"name": "gauss", "checkpoint": str(sigmoid_ckpts["unet"]), **shared, "tta": ["identity", "hflip"],
+         "tiles": {"size": [64, 64], "overlap": 0.25}, "scales": [0.75, 1.0]},
+        {"name": "flat", "checkpoint": str(sigmoid_ckpts["unet"]), **shared, "tta": ["identity", "rot90"],
+         "tiles": {"size": [32, 64], "overlap": 0.5, "blend": "constant"}},
+        {"name": "whole", "checkpoint": str(sigmoid_ckpts["fpn"])},
+    ]
+    out = tmp_path_factory.mktemp("tiled")
+    result = build_plan({"task": "multilabel", "classes": SIGMOID_CLASSES, "members": members}, out, sigmoid_data["root"])
+    assert result.manifest.graphs[""].verified.max_abs_prob <= 1e-4
+    return out
+
+
+def _monai(member, ckpt, image: np.ndarray, scale: float) -> np.ndarray:
+    """MONAI's sliding window in PyTorch: the member's model, its TTA views averaged as the predictor."""
+    model = load_checkpoint(ckpt, PartialSpec("Unet", "resnet18", len(SIGMOID_CLASSES), 3, UNET_KW)).model.eval()
+    H, W = image.shape[:2]
+    h, w = max(1, int(np.floor(H * scale + 0.5))), max(1, int(np.floor(W * scale + 0.5)))
+    x = (bilinear(image.astype(np.float64), h, w) / 255.0 - np.array(member.mean)) / np.array(member.std)
+    x = torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32))
+
+    def predictor(tile):
+        views = []
+        for t in member.tta:
+            if t == "identity":
+                views.append(torch.sigmoid(model(tile)))
+            elif t == "hflip":
+                views.append(torch.sigmoid(model(tile.flip(-1))).flip(-1))
+            elif t == "rot90":
+                views.append(torch.rot90(torch.sigmoid(model(torch.rot90(tile, 1, (2, 3)))), -1, (2, 3)))
+        return torch.stack(views).mean(0)
+
+    tiles = member.tiles
+    with torch.no_grad():
+        out = monai_inferers.sliding_window_inference(x, tuple(tiles.size), 4, predictor, overlap=tiles.overlap, mode=tiles.blend,
+                                                      sigma_scale=tiles.sigma_scale)[0].numpy().astype(np.float64)
+    return bilinear(out.transpose(1, 2, 0), H, W).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("hw", [(70, 93), (45, 150), (20, 30)], ids=["odd", "wide", "smaller than a tile"])
+def test_tiled_members_equal_monai(hw, tiled_build, sigmoid_ckpts):
+    engine = Engine.from_build(tiled_build)
+    image = smooth_image(hw, 3)
+    got = engine.predict([image], Want({MEMBERS}))[0].members
+    for name in ("gauss", "flat"):
+        member = next(m for m in engine.members if m.name == name)
+        want = np.mean([_monai(member, sigmoid_ckpts["unet"], image, s) for s in member.scales], axis=0)
+        assert np.abs(got[name] - want).max() < 1e-4, name
+        assert ((got[name] > 0.5) == (want > 0.5)).mean() >= 0.999
+
+
+def test_cost_counts_tiles(tiled_build):
+    from segensemble.cost import image_cost
+    from segensemble.tiles import tile_count
+
+    engine = Engine.from_build(tiled_build)
+    gauss = next(m for m in engine.members if m.name == "gauss")
+    cost = image_cost([gauss], (200, 300), 3)
+    tiles = sum(tile_count((int(np.floor(200 * s + 0.5)), int(np.floor(300 * s + 0.5))), gauss.tiles) for s in gauss.scales)
+    assert cost.megapixel_views == pytest.approx(tiles * 64 * 64 * 2 / 1e6)
+
+
+def test_served_equals_offline_on_a_tiled_plan(tiled_build, sigmoid_data, tmp_path):
+    import io
+    import zipfile
+
+    import httpx
+    from conftest import read_png, running_server
+    from PIL import Image
+
+    from segensemble.formats.images import list_images
+    from segensemble.formats.masks import mask_path
+    from segensemble.jobs.predict import PredictOptions, predict_to_files
+
+    refs = list_images(sigmoid_data["test"].images)[:2]
+    predict_to_files(Engine.from_build(tiled_build), refs, PredictOptions(None, tmp_path, format="png", progress=False))
+    with running_server(tiled_build) as (url, _):
+        for ref in refs:
+            answer = httpx.post(f"{url}/segment?format=png", content=ref.path.read_bytes(), headers={"content-type": "image/png"},
+                                timeout=60)
+            archive = zipfile.ZipFile(io.BytesIO(answer.content))
+            for name in SIGMOID_CLASSES:
+                served = np.asarray(Image.open(io.BytesIO(archive.read(f"{name}.png"))))
+                assert np.array_equal(served, read_png(mask_path(tmp_path, ref.image_id, ref.path, name)))
