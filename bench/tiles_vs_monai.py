@@ -1,0 +1,128 @@
+"""Benchmark: tiled members in the ensemble graph vs MONAI's eager ``sliding_window_inference``, same work.
+
+Two members (smp Unet/resnet18 and FPN/resnet34, random weights, no downloads), 12 classes, tiles 256 x 256,
+overlap 0.25, gaussian blend, identity + hflip on every tile, one image whose sides are multiples of neither
+the tile nor the stride. MONAI runs each member in PyTorch with the TTA views averaged as its predictor
+(softmax), and the members are averaged; segensemble runs the build's ensemble.onnx. Each way in its own
+process (its own peak RSS), one warm-up then the median of ``--runs``; agreement of the two on the image.
+
+Usage: python bench/tiles_vs_monai.py [--size 1000 1500] [--runs 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_vs_eager import cpu_description
+
+MEMBERS = [("unet", "Unet", "resnet18"), ("fpn", "FPN", "resnet34")]
+CLASSES, TILE, OVERLAP = 12, (256, 256), 0.25
+
+
+def prepare(work: Path) -> None:
+    import torch
+
+    from segensemble.export.build import build
+    from segensemble.models.registry import ModelSpec, create_model
+    from segensemble.plan import parse_plan
+
+    torch.manual_seed(0)
+    members = []
+    for name, arch, encoder in MEMBERS:
+        torch.save(create_model(ModelSpec(arch, encoder, CLASSES)).state_dict(), work / f"{name}.pth")
+        members.append({"name": name, "checkpoint": str(work / f"{name}.pth"), "arch": arch, "encoder": encoder,
+                        "tta": ["identity", "hflip"], "tiles": {"size": list(TILE), "overlap": OVERLAP, "blend": "gaussian"}})
+    build(parse_plan({"classes": [f"c{i}" for i in range(CLASSES)], "members": members}, work), work / "build", quiet=True)
+
+
+def _image(size):
+    from segensemble.synthetic.data import smooth_image
+
+    return smooth_image(tuple(size), 7)
+
+
+def run_engine(work: Path, size, runs: int, threads: int) -> dict:
+    from segensemble.run_config import RunConfig
+    from segensemble.runtime.engine import PROBS, Want, open_engine
+
+    engine = open_engine(work / "build", RunConfig(calls_in_flight=1, intra_op_threads=threads, max_cost=1e6, max_memory_mb=1e6))
+    image = _image(size)
+    engine.predict([image], Want({PROBS}))
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        probs = engine.predict([image], Want({PROBS}))[0].probs
+        times.append(time.perf_counter() - start)
+    np.save(work / "engine.npy", probs)
+    return {"way": "segensemble", "seconds": float(np.median(times)), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_monai(work: Path, size, runs: int, threads: int) -> dict:
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
+    from segensemble.models.checkpoints import PartialSpec, load_checkpoint
+
+    torch.set_num_threads(threads)
+    models = [load_checkpoint(work / f"{name}.pth", PartialSpec(arch, encoder, CLASSES)).model.eval() for name, arch, encoder in MEMBERS]
+    image = _image(size)
+    x = torch.from_numpy((((image / 255.0) - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)[None].astype(np.float32))
+
+    def member(model):
+        return lambda t: (model(t).softmax(1) + model(t.flip(-1)).softmax(1).flip(-1)) / 2
+
+    def once():
+        with torch.inference_mode():
+            return sum(sliding_window_inference(x, TILE, 4, member(m), overlap=OVERLAP, mode="gaussian") for m in models) / len(models)
+
+    once()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        probs = once()[0].numpy()
+        times.append(time.perf_counter() - start)
+    np.save(work / "monai.npy", probs)
+    return {"way": "monai", "seconds": float(np.median(times)), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, nargs=2, default=[1000, 1500])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", type=Path)
+    p.add_argument("--_way", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._way:
+        run = run_engine if args._way == "segensemble" else run_monai
+        print(json.dumps(run(args.work, args.size, args.runs, args.threads)))
+        return
+    work = args.work or Path(tempfile.mkdtemp(prefix="tiles-monai-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"CPU: {cpu_description()}; {args.threads} threads; image {args.size[0]}x{args.size[1]}, tiles {TILE}, overlap {OVERLAP}")
+    if not (work / "build" / "manifest.json").exists():
+        prepare(work)
+    results = {}
+    for way in ("monai", "segensemble"):
+        out = subprocess.run([sys.executable, __file__, "--work", str(work), "--size", *map(str, args.size), "--runs", str(args.runs),
+                              "--threads", str(args.threads), "--_way", way], capture_output=True, text=True, check=True)
+        results[way] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(results[way])
+    a, b = np.load(work / "engine.npy"), np.load(work / "monai.npy")
+    print(f"segensemble {results['monai']['seconds'] / results['segensemble']['seconds']:.2f}x MONAI; max |dP| {np.abs(a - b).max():.2e}; "
+          f"argmax agreement {(a.argmax(0) == b.argmax(0)).mean():.5%}")
+
+
+if __name__ == "__main__":
+    main()
