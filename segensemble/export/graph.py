@@ -106,7 +106,7 @@ class _Member:
         elif entry.stride > 1:
             x = b.pad_to(x, hw, b.padded(hw, entry.stride))
         groups = [[t for t in entry.tta if TTA[t].swaps_hw == swap] for swap in (False, True)]
-        terms = []
+        terms, tiled = [], []  # tiled: de-augmented tile values of this scale, blended together
         for k, model in enumerate(self.models):
             for group in (g for g in groups if g):
                 inputs = [b.tta(x, t, inverse=False) for t in group]
@@ -116,10 +116,15 @@ class _Member:
                 chunks = [values] if len(group) == 1 else b.op("Split", [values], "view", outputs=len(group), axis=0, num_outputs=len(group))
                 for t, chunk in zip(group, chunks):
                     p = b.tta(chunk, t, inverse=True)
+                    if grid and views_out is None:  # blending is linear: a group's tiles are summed first, blended once
+                        tiled.append(p)
+                        continue
                     p = blend(b, p, grid, hw, entry.tiles) if grid else b.crop(p, hw)
                     terms.append(p)
                     if views_out is not None:
                         views_out[(k, scale, t)] = (p, hw, resized)
+        if tiled:
+            terms.append(blend(b, b.total(tiled, "tile_sum"), grid, hw, entry.tiles))
         return b.total(terms, "scale_sum"), hw, resized
 
 
