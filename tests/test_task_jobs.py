@@ -158,7 +158,10 @@ def test_analyze_searches_vote_and_thresholds_on_mask_tasks(multilabel_built, si
         direct.append([_dice(gt[c], pred[c]) for c in range(3)])
     assert search["rules_on_selection"]["mean"] == pytest.approx(np.mean(direct), abs=1e-3)  # float32 sums: a pixel on a threshold
     tuned = yaml.safe_load((tmp_path / "report" / "plan.tuned.yaml").read_text())
-    assert tuned["task"] == "multilabel" and tuned["vote"] == search["chosen"]["vote"]
-    assert tuned["thresholds"] == search["chosen"]["thresholds"]
+    held = search["holdout"]
+    kept = search["plan"] if held["chosen"] < held["plan"] else search["chosen"]  # a choice that loses held out is not kept
+    assert search["kept"] == kept
+    assert tuned["task"] == "multilabel" and tuned.get("vote", "mean") == kept["vote"]
+    assert tuned["thresholds"] == kept["thresholds"]
     parse_plan(tuned, tmp_path)
     assert "Vote rule and thresholds" in (tmp_path / "report" / "index.html").read_text()

@@ -72,6 +72,7 @@ def _print_fusion(search: dict) -> None:
     if held:
         gains = ", ".join(f"{c} {g:+.4f}" for c, g in held["gain_per_class"].items() if g is not None)
         print(f"held out ({search['holdout_images']} images): plan {held['plan']:.4f}, chosen {held['chosen']:.4f}; per class {gains}")
+    print(f"tuned plan's vote: {search['kept_why']}")
 
 
 def _print_ablation(report: dict) -> None:

@@ -87,6 +87,11 @@ def search_fusion(cache: ViewCache, members: list[MemberEntry], fusion: Fusion, 
         b, a = before.per_class(names), after.per_class(names)
         report["holdout"] = {"plan": before.mean(names), "chosen": after.mean(names),
                              "gain_per_class": {c: None if b[c] is None or a[c] is None else a[c] - b[c] for c in names}}
+    # what plan.tuned.yaml gets: the choice, unless the held-out images say it loses to the plan's own
+    worse = held and report["holdout"]["chosen"] < report["holdout"]["plan"]
+    report["kept"] = report["plan"] if worse else report["chosen"]
+    report["kept_why"] = ("the plan's: the chosen one scores lower on the held-out images" if worse else
+                          "the chosen one" + ("" if held else " (no held-out images to check it on)"))
     return report
 
 

@@ -30,7 +30,8 @@ def fusion_section(search: dict) -> str:
     return (f"<h2>Vote rule{' and thresholds' if 'thresholds' in search['chosen'] else ''}</h2>"
             f"<p>{metric} of each rule on the {search['selection_images']} selection images; plan "
             f"{html.escape(str(search['plan']))}, chosen {html.escape(str(search['chosen']))}.</p>"
-            f"<table><tr><th>vote</th><th>{metric}</th></tr>{rules}</table>{verdict}")
+            f"<table><tr><th>vote</th><th>{metric}</th></tr>{rules}</table>{verdict}"
+            f"<p>Written to the tuned plan: {html.escape(search['kept_why'])}.</p>")
 
 
 def render_page(report: dict) -> str:

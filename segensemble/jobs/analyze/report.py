@@ -70,7 +70,7 @@ def _measure(engine: Engine, coco_path: Path, image_root: Path, options: Analyze
         report = {"images": n, "classes": names, "task": engine.fusion.task, "seconds": round(time.perf_counter() - started, 1),
                   "seed": options.seed, "holdout_images": len(held), "selection_images": len(select), "fusion_search": fusion}
         if plan is not None:
-            report["tuned_plan"] = str(write_tuned_plan(plan, [m.weight for m in plan.members], out, fusion["chosen"]))
+            report["tuned_plan"] = str(write_tuned_plan(plan, [m.weight for m in plan.members], out, fusion["kept"]))
         return report
     everything = list(range(n))
     members = list(engine.members)
@@ -96,7 +96,7 @@ def _measure(engine: Engine, coco_path: Path, image_root: Path, options: Analyze
     }
     report["pictures"] = _pictures(engine, cache, refs, gts, full, alone[best], names, out, options)
     if plan is not None:
-        report["tuned_plan"] = str(write_tuned_plan(plan, selection["chosen"]["weights"], out, fusion["chosen"]))
+        report["tuned_plan"] = str(write_tuned_plan(plan, selection["chosen"]["weights"], out, fusion["kept"]))
     return report
 
 
