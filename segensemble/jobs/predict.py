@@ -108,10 +108,9 @@ def _remaining(refs: list[ImageRef], options: PredictOptions, writer, engine: Ru
 def _check_output_paths(refs: list[ImageRef], options: PredictOptions, engine: Runner) -> None:
     """Every output path is computed and checked (``paths.check_outputs``) before any image runs: a bad or
     colliding name stops the run before anything is written."""
-    named = [(options.csv, "submission")]
+    named = [(options.csv, "submission")] if options.csv else []
     if options.csv and options.format in LAYOUTS:
         named.append((partial_path(options.csv), "unfinished submission"))
-    named = named if options.csv else []
     outputs = list(named)
     for ref in refs:
         if options.masks_dir:

@@ -72,10 +72,8 @@ def search_fusion(cache: ViewCache, members: list[MemberEntry], fusion: Fusion, 
     """Each rule scored on the selection images; the best kept, then (sigmoid tasks) each class's threshold
     from ``THRESHOLD_GRID``; the plan's fusion and the chosen one compared per class on the held-out images."""
     metric = "dice" if fusion.sigmoid else "miou"
-    rules = {}
-    for rule in VOTES:
-        candidate = fusion.model_copy(update={"vote": rule})
-        rules[rule] = _score(cache, members, candidate, gts, select, names).mean(names)
+    candidates = [fusion.model_copy(update={"vote": rule}) for rule in VOTES]
+    rules = {f.vote: scores.mean(names) for f, scores in zip(candidates, _score(cache, members, candidates, gts, select, names))}
     best_rule = max(VOTES, key=lambda r: (rules[r], r == fusion.vote))
     chosen = fusion.model_copy(update={"vote": best_rule})
     if fusion.sigmoid:
@@ -83,7 +81,7 @@ def search_fusion(cache: ViewCache, members: list[MemberEntry], fusion: Fusion, 
     report = {"metric": metric, "rules_on_selection": rules, "plan": _fields(fusion), "chosen": _fields(chosen),
               "selection_images": len(select), "holdout_images": len(held)}
     if held:
-        before, after = (_score(cache, members, f, gts, held, names) for f in (fusion, chosen))
+        before, after = _score(cache, members, [fusion, chosen], gts, held, names)
         b, a = before.per_class(names), after.per_class(names)
         report["holdout"] = {"plan": before.mean(names), "chosen": after.mean(names),
                              "gain_per_class": {c: None if b[c] is None or a[c] is None else a[c] - b[c] for c in names}}
@@ -99,18 +97,19 @@ def _fields(fusion: Fusion) -> dict:
     return {"vote": fusion.vote, **({"thresholds": fusion.thresholds} if fusion.sigmoid else {})}
 
 
-def _score(cache: ViewCache, members, fusion: Fusion, gts, images: list[int], names: list[str]) -> _Scores:
-    scores = _Scores(fusion, len(names))
+def _score(cache: ViewCache, members, fusions: list[Fusion], gts, images: list[int], names: list[str]) -> list[_Scores]:
+    """Each candidate's figures over ``images``; every image's views are read from the cache once for all."""
+    scores = [_Scores(f, len(names)) for f in fusions]
     for i in images:
         views = [cache.get(j, i) for j in range(len(cache.views))]
-        scores.add(gts(i), decide(ensemble_probs(views, cache, members, fusion), fusion))
+        gt = gts(i)
+        for f, s in zip(fusions, scores):
+            s.add(gt, decide(ensemble_probs(views, cache, members, f), f))
     return scores
 
 
 def _thresholds(cache: ViewCache, members, fusion: Fusion, gts, images: list[int], names: list[str]) -> list[float]:
     """Per class, the grid threshold with the best mean Dice on ``images`` (ties: the plan's, then the lower)."""
-    by_threshold = {}
-    for t in THRESHOLD_GRID:
-        uniform = fusion.model_copy(update={"thresholds": [t] * len(names)})
-        by_threshold[t] = _score(cache, members, uniform, gts, images, names).per_class(names)
+    uniform = [fusion.model_copy(update={"thresholds": [t] * len(names)}) for t in THRESHOLD_GRID]
+    by_threshold = {t: s.per_class(names) for t, s in zip(THRESHOLD_GRID, _score(cache, members, uniform, gts, images, names))}
     return [max(THRESHOLD_GRID, key=lambda t: (by_threshold[t][c], t == fusion.thresholds[k], -t)) for k, c in enumerate(names)]
