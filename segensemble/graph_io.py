@@ -14,6 +14,8 @@ from segensemble.names import safe_name
 GRAPH_FILE = "ensemble.onnx"
 GRAPH_FORMAT = "1"  # bump when the graph's contract (inputs, outputs, semantics) changes
 INPUT = "image"  # uint8 (N, H, W, 3) RGB
+REGION = "region"  # int64 [4] (row start, row stop, column start, column stop), only where every member is tiled;
+# optional (default: the whole image): the outputs are that part of the image's, equal to the same crop of the whole's
 LABELS = "labels"  # (N, H, W) uint8 class ids (int32 past 256 classes)
 PROBS = "probs"  # (N, C, H, W) float32, the weighted vote
 MASKS = "masks"  # multilabel: (N, C, H, W) uint8 0/1, P > threshold per class

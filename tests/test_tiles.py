@@ -13,7 +13,7 @@ from conftest import SIGMOID_CLASSES, UNET_KW, build_plan
 from segensemble.errors import PlanError
 from segensemble.models.checkpoints import PartialSpec, load_checkpoint
 from segensemble.plan import parse_plan
-from segensemble.runtime.engine import MEMBERS, Engine, Want
+from segensemble.runtime.engine import MASKS, MEMBERS, PROBS, Engine, Want
 from segensemble.synthetic.data import smooth_image
 from segensemble.tiles import importance_map, interval, padding, starts
 from segensemble.views import bilinear
@@ -30,7 +30,7 @@ def test_grid_equals_monai(side, tile, overlap):
 
     assert step == _get_scan_interval((padded,), (tile,), 1, (overlap,))[0]
     want = [s[0].start for s in monai_utils.dense_patch_slices((padded,), (tile,), (step,))]
-    assert starts(padded, tile, overlap) == want
+    assert list(starts(padded, tile, overlap)) == want
     diff = max(tile - side, 0)
     assert padding(side, tile) == (diff // 2, diff - diff // 2)
 
@@ -141,3 +141,75 @@ def test_served_equals_offline_on_a_tiled_plan(tiled_build, sigmoid_data, tmp_pa
             for name in SIGMOID_CLASSES:
                 served = np.asarray(Image.open(io.BytesIO(archive.read(f"{name}.png"))))
                 assert np.array_equal(served, read_png(mask_path(tmp_path, ref.image_id, ref.path, name)))
+
+
+@pytest.fixture(scope="module")
+def regional_build(sigmoid_ckpts, sigmoid_data, tmp_path_factory):
+    """Every member tiled (the graph takes a region): scales, hflip and rot90, both blends, two tile shapes."""
+    shared = {"arch": "Unet", "encoder": "resnet18", "model_kwargs": UNET_KW}
+    members = [
+        {"name": "gauss", "checkpoint": str(sigmoid_ckpts["unet"]), **shared, "tta": ["identity", "hflip"],
+         "tiles": {"size": [64, 64], "overlap": 0.25}, "scales": [0.75, 1.0, 1.25]},
+        {"name": "flat", "checkpoint": str(sigmoid_ckpts["unet"]), **shared, "tta": ["identity", "rot90"],
+         "tiles": {"size": [32, 64], "overlap": 0.5, "blend": "constant"}},
+    ]
+    out = tmp_path_factory.mktemp("regional")
+    build_plan({"task": "multilabel", "classes": SIGMOID_CLASSES, "members": members}, out, sigmoid_data["root"])
+    return out
+
+
+def _stitched(engine: Engine, image: np.ndarray, rows: list[int], cols: list[int]) -> dict[str, np.ndarray]:
+    """Each output of the graph run region by region over the cuts ``rows`` x ``cols``, put back together."""
+    from segensemble.graph_io import MASKS, PROBS, member_output
+
+    names = [MASKS, PROBS, *(member_output(m.name) for m in engine.members)]
+    whole = dict(zip(names, engine.graph.run(image[None], names)))
+    out = {k: np.full_like(v, 255 if v.dtype == np.uint8 else np.nan) for k, v in whole.items()}
+    for r0, r1 in zip(rows[:-1], rows[1:]):
+        for c0, c1 in zip(cols[:-1], cols[1:]):
+            for name, part in zip(names, engine.graph.run(image[None], names, region=(r0, r1, c0, c1))):
+                assert part.shape[-2:] == (r1 - r0, c1 - c0), (name, r0, r1, c0, c1)
+                out[name][..., r0:r1, c0:c1] = part
+    return whole, out
+
+
+@pytest.mark.parametrize("hw,rows,cols", [
+    ((150, 211), [0, 1, 47, 48, 100, 150], [0, 64, 65, 130, 211]),  # one-row and one-column regions, cuts off the grid
+    ((40, 50), [0, 13, 40], [0, 50]),  # smaller than a tile at some scales: padding
+], ids=["odd", "small"])
+def test_regions_stitched_equal_the_whole_image(regional_build, hw, rows, cols):
+    engine = Engine.from_build(regional_build)
+    assert engine.graph.regional
+    whole, stitched = _stitched(engine, smooth_image(hw, 5), rows, cols)
+    for name, value in whole.items():
+        if value.dtype == np.uint8:
+            assert (stitched[name] == value).mean() >= 0.9999, name
+        else:
+            assert np.abs(stitched[name] - value).max() < 1e-5, name
+
+
+def test_a_graph_with_an_untiled_member_takes_no_region(tiled_build):
+    assert not Engine.from_build(tiled_build).graph.regional
+
+
+def test_a_large_image_runs_region_by_region_within_the_memory_budget(regional_build):
+    from segensemble.cost import Budget
+    from segensemble.runtime.regions import region_bytes
+
+    whole = Engine.from_build(regional_build)
+    image = smooth_image((300, 410), 9)
+    want = Want({MEMBERS, PROBS})
+    expected = whole.predict([image], want)[0]
+    full_mb = whole.cost(image.shape[:2]).memory_mb
+    small = Engine.from_build(regional_build, budget=Budget(max_memory_mb=full_mb / 5))
+    regions = small.regions(image.shape[:2])
+    assert len(regions) > 2
+    assert max(region_bytes(small.members, image.shape[:2], r, 3, 1) for r in regions) <= full_mb / 5 * 2**20
+    covered = np.zeros(image.shape[:2], int)
+    for r0, r1, c0, c1 in regions:
+        covered[r0:r1, c0:c1] += 1
+    assert (covered == 1).all()
+    small.admit(image.shape[:2], "big.png")  # the regions fit: admitted although the whole image would not
+    got = small.predict([image], want | {MASKS})[0]
+    assert np.abs(got.probs - expected.probs).max() < 1e-5
+    assert (got.masks == (expected.probs > 0.5)).mean() > 0.999

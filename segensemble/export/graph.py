@@ -35,9 +35,9 @@ import numpy as np
 
 from segensemble.errors import SegEnsembleError
 from segensemble.export.graph_ops import GraphBuilder
-from segensemble.export.graph_tiles import blend, cut
+from segensemble.export.graph_tiles import FULL, blend, cut
 from segensemble.export.graph_vote import logits_of, view_value, vote_outputs
-from segensemble.graph_io import GRAPH_FORMAT, INPUT, LABELS, MASK, MASKS, PROBS, decision_output, list_views, member_output, view_output
+from segensemble.graph_io import GRAPH_FORMAT, INPUT, LABELS, MASK, MASKS, PROBS, REGION, decision_output, list_views, member_output, view_output
 from segensemble.manifest import Manifest, MemberEntry
 from segensemble.task import Fusion
 from segensemble.views import TTA, scaled_size
@@ -78,9 +78,10 @@ class _Model:
 class _Member:
     """One member's views: shared preprocessing per size, one batched model call per TTA group."""
 
-    def __init__(self, b: GraphBuilder, entry: MemberEntry, models: list[_Model], image: str, image_hw: str, fusion: Fusion,
+    def __init__(self, b: GraphBuilder, entry: MemberEntry, models: list[_Model], image, image_hw: str, region: str, fusion: Fusion,
                  rule: str | None = None):
         self.b, self.entry, self.models, self.image, self.image_hw = b, entry, models, image, image_hw
+        self.region = region  # int64 [4]: the output rows and columns a tiled member computes (graph_tiles)
         self.fusion, self.rule = fusion, rule  # rule: the per-view quantity (None: the plan's vote; "mean": probabilities)
 
     def view_size(self, scale: float) -> tuple[str, bool]:
@@ -92,19 +93,25 @@ class _Member:
             return self.image_hw, False
         return b.scaled(self.image_hw, scale), True
 
-    def scale_sums(self, scale: float, views_out: dict | None) -> tuple[str, str, bool]:
-        """(sum of this scale's view values at (h, w), int64 [h, w], resized?): probabilities, logits or their logs,
-        as the vote rule needs (``graph_vote.view_value``)."""
+    def _normalize(self, x: str) -> str:
         b, entry = self.b, self.entry
-        hw, resized = self.view_size(scale)
-        x = b.resize(self.image, hw) if resized else self.image
         mean, std = np.asarray(entry.mean, np.float64), np.asarray(entry.std, np.float64)
-        x = b.op("Add", [b.op("Mul", [x, b.f32((1 / (255 * std)).reshape(1, 3, 1, 1))]), b.f32((-mean / std).reshape(1, 3, 1, 1))], "norm")
+        return b.op("Add", [b.op("Mul", [x, b.f32((1 / (255 * std)).reshape(1, 3, 1, 1))]), b.f32((-mean / std).reshape(1, 3, 1, 1))], "norm")
+
+    def scale_sums(self, scale: float, views_out: dict | None) -> tuple[str, str, bool]:
+        """(sum of this scale's view values, int64 [h, w] of the view, resized?): probabilities, logits or their
+        logs, as the vote rule needs (``graph_vote.view_value``); a tiled member's already at the region's size."""
+        b, entry = self.b, self.entry
         grid = None
         if entry.tiles:  # sliding window: the tiles are the batch, blended back after (graph_tiles)
-            x, grid = cut(b, x, hw, entry.tiles)
-        elif entry.stride > 1:
-            x = b.pad_to(x, hw, b.padded(hw, entry.stride))
+            hw, resized = self.view_size(scale)
+            x, grid = cut(b, INPUT, self.image_hw, hw, self.region, scale, entry.tiles, self._normalize)
+            resized = False
+        else:
+            hw, resized = self.view_size(scale)
+            x = self._normalize(b.resize(self.image(), hw) if resized else self.image())
+            if entry.stride > 1:
+                x = b.pad_to(x, hw, b.padded(hw, entry.stride))
         groups = [[t for t in entry.tta if TTA[t].swaps_hw == swap] for swap in (False, True)]
         terms, tiled = [], []  # tiled: de-augmented tile values of this scale, blended together
         for k, model in enumerate(self.models):
@@ -119,13 +126,19 @@ class _Member:
                     if grid and views_out is None:  # blending is linear: a group's tiles are summed first, blended once
                         tiled.append(p)
                         continue
-                    p = blend(b, p, grid, hw, entry.tiles) if grid else b.crop(p, hw)
+                    p = blend(b, p, grid, entry.tiles) if grid else b.crop(p, hw)
                     terms.append(p)
                     if views_out is not None:
                         views_out[(k, scale, t)] = (p, hw, resized)
         if tiled:
-            terms.append(blend(b, b.total(tiled, "tile_sum"), grid, hw, entry.tiles))
+            terms.append(blend(b, b.total(tiled, "tile_sum"), grid, entry.tiles))
         return b.total(terms, "scale_sum"), hw, resized
+
+
+def _once(make):
+    """``make()``'s result, computed on the first call only (nodes nobody reads are not written)."""
+    done: list = []
+    return lambda: done[0] if done else done.append(make()) or done[0]
 
 
 def _load_model(path: Path, opset: int):
@@ -151,15 +164,17 @@ def _opset(model) -> int:
 def build_graph(manifest: Manifest, build_dir: Path, out: Path, *, profile: str | None = None, views: bool = False,
                 cache_key: str = "") -> Path:
     """Write the ensemble graph of ``manifest`` (restricted to ``profile``) to ``out``; see the module docstring."""
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     manifest = manifest.profile(profile)
     b = GraphBuilder()
     weights = _Weights(build_dir, manifest.members)
-    image = b.op("Transpose", [b.op("Cast", [INPUT], "float", to=1)], "nchw", perm=[0, 3, 1, 2])
+    image = _once(lambda: b.op("Transpose", [b.op("Cast", [INPUT], "float", to=1)], "nchw", perm=[0, 3, 1, 2]))
     image_hw = b.op("Slice", [b.op("Shape", [INPUT]), b.i64(1), b.i64(3)], "image_hw")
+    regional = all(m.tiles for m in manifest.members)  # a region input: the runtime may run a large image part by part
+    region = REGION if regional else b.i64(0, FULL, 0, FULL)
     fusion = manifest.fusion
-    members = [_Member(b, entry, weights.models(mi, entry), image, image_hw, fusion, "mean" if views else None)
+    members = [_Member(b, entry, weights.models(mi, entry), image, image_hw, region, fusion, "mean" if views else None)
                for mi, entry in enumerate(manifest.members)]
     classes = len(manifest.classes)
     outputs = _view_outputs(b, members, image_hw) if views else _vote_outputs(b, members, image_hw, fusion, classes)
@@ -167,8 +182,12 @@ def build_graph(manifest: Manifest, build_dir: Path, out: Path, *, profile: str 
     types = {LABELS: (TensorProto.UINT8 if classes <= 256 else TensorProto.INT32, ["batch", "height", "width"]),
              MASKS: (TensorProto.UINT8, spatial), MASK: (TensorProto.UINT8, ["batch", "height", "width"])}
     infos = [helper.make_tensor_value_info(name, *types.get(name, (TensorProto.FLOAT, spatial))) for name in outputs]
-    image_info = helper.make_tensor_value_info(INPUT, TensorProto.UINT8, ["batch", "height", "width", 3])
-    graph = helper.make_graph(b.nodes, "segensemble", [image_info], infos, initializer=b.inits + weights.initializers)
+    inputs = [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, ["batch", "height", "width", 3])]
+    defaults = []
+    if regional:  # an input with a default (the whole image): callers that do not feed it get the whole image
+        inputs.append(helper.make_tensor_value_info(REGION, TensorProto.INT64, [4]))
+        defaults.append(numpy_helper.from_array(np.array([0, FULL, 0, FULL], np.int64), REGION))
+    graph = helper.make_graph(b.nodes, "segensemble", inputs, infos, initializer=b.inits + defaults + weights.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", weights.opset)], producer_name="segensemble")
     model.ir_version = min(model.ir_version, 10)
     for key, value in _metadata(manifest, profile, views, cache_key).items():

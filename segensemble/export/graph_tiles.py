@@ -1,11 +1,17 @@
-"""Sliding-window tiles inside the ensemble graph, as node chains (the definitions are ``tiles.py``'s).
+"""Sliding-window tiles inside the ensemble graph, for one region of the image at a time (the definitions are
+``tiles.py``'s).
 
-The tile grid is computed in the graph from the (scaled) image's size: zero padding of a side shorter than
-the tile (centred), the scan interval, the tile starts (the last flush with the far edge). Tiles are cut with
-two Gathers (rows, then columns, by index grids of n x tile entries) into the batch dimension, so each TTA
-view of a model runs once over every tile; the tiles' values are weighted by the importance map and added
-back into place with two ScatterElements(add) (columns, then rows), divided by the summed weights, and the
-padding cropped.
+A tiled member computes, per scale, only what an output region [r0, r1) x [c0, c1) of the image needs, on the
+tile grid of the whole (scaled, padded) image, so that regions stitched together equal the whole image run at
+once and the runtime can bound memory by the region in flight (``runtime/regions.py``). Per axis
+(``_Window``): the scaled rows the region's back-resize reads, the tiles of the global grid that cover them,
+the scaled rows those tiles read and the source rows those read. The image is resized by gathering its rows
+and columns and interpolating (bilinear, half-pixel centres, edges clamped: ``views.bilinear``'s arithmetic,
+in float64 coordinates), so a region's resize is exactly the crop of the whole image's; then normalized,
+zero-padded where the scaled image is shorter than a tile, cut into tiles with two Gathers (the tiles become
+the batch, each TTA view of a model runs once over all of them), weighted by the importance map, added back
+into place with two ScatterND(add) (columns, then rows), divided by the summed weights, cropped and resized
+back to the region.
 """
 
 from __future__ import annotations
@@ -17,79 +23,186 @@ import numpy as np
 from segensemble.export.graph_ops import GraphBuilder
 from segensemble.tiles import TileOptions, importance_map
 
+FULL = 1 << 62  # a region's default stop: the image's far edge
+
+
+@dataclass(frozen=True)
+class _Lerp:
+    """Linear interpolation along an axis: out[j] = x[i0[j]] + f[j] (x[i1[j]] - x[i0[j]])."""
+
+    i0: str  # int64 [n]
+    i1: str
+    f: str  # float32 [n]
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One axis of one member's scale, for one region: names of int64 tensors ([1] unless said)."""
+
+    source: _Lerp | tuple[str, str]  # the scaled window's rows from the image (a Lerp, or [start, stop) at scale 1)
+    pad: tuple[str, str]  # zeros before and after (a scaled side shorter than the tile)
+    index: str  # [n * tile]: each tiled row's row in the padded window
+    n: str  # tiles along the axis
+    length: str  # the padded window's length
+    crop: tuple[str, str]  # [start, stop) of the scaled rows the region reads, in window coordinates
+    back: _Lerp | None  # the region's rows from the cropped scaled rows (None at scale 1)
+
+
+def _i(b: GraphBuilder, x: str) -> str:
+    return b.op("Cast", [x], "i64", to=7)
+
+
+def _source(b: GraphBuilder, start: str, stop: str, n_in: str, n_out: str) -> _Lerp:
+    """Where output rows [start, stop) of an n_in -> n_out bilinear resize read (``views.bilinear``)."""
+    def f64(v: str) -> str:
+        return b.op("Cast", [v], "f64", to=11)
+
+    y = f64(b.op("Range", [b.op("Squeeze", [start]), b.op("Squeeze", [stop]), b.const(np.int64(1))], "rows"))
+    src = b.op("Sub", [b.op("Mul", [b.op("Add", [y, b.const(np.float64(0.5))]), b.op("Div", [f64(n_in), f64(n_out)])]), b.const(np.float64(0.5))])
+    last = f64(b.op("Sub", [n_in, b.i64(1)]))
+    src = b.op("Min", [b.op("Max", [src, b.const(np.float64(0.0))]), last], "src")
+    floor = b.op("Floor", [src])
+    i0 = _i(b, floor)
+    i1 = b.op("Min", [b.op("Add", [i0, b.i64(1)]), b.op("Sub", [n_in, b.i64(1)])], "next")
+    return _Lerp(i0, i1, b.op("Cast", [b.op("Sub", [src, floor])], "frac", to=1))
+
+
+def _span(b: GraphBuilder, lerp: _Lerp) -> tuple[str, str]:
+    """[first, last + 1) of the rows a Lerp reads."""
+    return b.op("ReduceMin", [lerp.i0], "lo", keepdims=1), b.op("Add", [b.op("ReduceMax", [lerp.i1], "hi", keepdims=1), b.i64(1)])
+
+
+def _window(b: GraphBuilder, length: str, scaled: str, start: str, stop: str, tile: int, overlap: float, resized: bool) -> _Window:
+    """One axis: image side ``length``, scaled side ``scaled``, the region's [start, stop) (see the module docstring)."""
+    back = _source(b, start, stop, scaled, length) if resized else None
+    lo, hi = _span(b, back) if back else (start, stop)
+    t = b.i64(tile)
+    padded = b.op("Max", [scaled, t], "padded")
+    before = b.op("Div", [b.op("Sub", [padded, scaled]), b.i64(2)], "pad_before")
+    step = b.op("Where", [b.op("Equal", [padded, t]), t, b.i64(max(int(tile * (1 - overlap)), 1))], "step")
+    count = b.op("Add", [b.op("Div", [b.op("Add", [b.op("Sub", [padded, t]), b.op("Sub", [step, b.i64(1)])]), step]), b.i64(1)], "tiles")
+    starts = b.op("Mul", [b.op("Range", [b.const(np.int64(0)), b.op("Squeeze", [count]), b.const(np.int64(1))]), step], "starts")
+    starts = b.op("Min", [starts, b.op("Sub", [padded, t])], "starts")
+    lo_p, hi_p = b.op("Add", [lo, before]), b.op("Add", [hi, before])
+    def count_where(cond: str) -> str:
+        return b.op("ReduceSum", [_i(b, cond)], "count", keepdims=1)
+
+    first = count_where(b.op("LessOrEqual", [b.op("Add", [starts, t]), lo_p]))  # tiles ending before the rows
+    end = count_where(b.op("Less", [starts, hi_p]))
+    starts = b.op("Slice", [starts, first, end, b.i64(0)], "band_starts")
+    p0 = b.op("Slice", [starts, b.i64(0), b.i64(1)], "window_start")
+    p1 = b.op("Add", [b.op("Slice", [starts, b.i64(-1), b.i64(FULL)]), t], "window_stop")
+    grid = b.op("Add", [b.op("Unsqueeze", [b.op("Sub", [starts, p0]), b.i64(1)]), b.const(np.arange(tile, dtype=np.int64)[None])], "grid")
+    u0, u1 = b.op("Sub", [p0, before]), b.op("Sub", [p1, before])  # the window in scaled coordinates, padding included
+    q0, q1 = b.op("Max", [u0, b.i64(0)]), b.op("Min", [u1, scaled])
+    source = _source(b, q0, q1, length, scaled) if resized else (q0, q1)
+    back = _Lerp(*(b.op("Sub", [i, lo]) for i in (back.i0, back.i1)), back.f) if back else None
+    return _Window(source, (b.op("Sub", [q0, u0]), b.op("Sub", [u1, q1])), b.op("Reshape", [grid, b.i64(-1)], "index"),
+                   b.op("Sub", [end, first], "n"), b.op("Sub", [p1, p0], "window"), (b.op("Sub", [lo_p, p0]), b.op("Sub", [hi_p, p0])), back)
+
+
+def _lerp(b: GraphBuilder, x: str, lerp: _Lerp, axis: int, rank: int, cast: bool = False) -> str:
+    """``x`` interpolated along ``axis`` (float32 out; ``cast``: x is uint8, cast after the gathers)."""
+    shape = [1] * rank
+    shape[axis] = -1
+    a, c = (b.op("Gather", [x, i], "rows", axis=axis) for i in (lerp.i0, lerp.i1))
+    if cast:
+        a, c = (b.op("Cast", [v], "float", to=1) for v in (a, c))
+    f = b.op("Reshape", [lerp.f, b.i64(*shape)])
+    return b.op("Add", [a, b.op("Mul", [f, b.op("Sub", [c, a])])], "lerp")
+
+
+def _read(b: GraphBuilder, x: str, source, axis: int) -> str:
+    """The scaled window's rows of NHWC ``x`` (uint8 in, float32 out) along ``axis``."""
+    if isinstance(source, _Lerp):
+        return _lerp(b, x, source, axis, 4, cast=axis == 1)
+    x = b.op("Slice", [x, source[0], source[1], b.i64(axis)], "window")
+    return b.op("Cast", [x], "float", to=1) if axis == 1 else x
+
 
 @dataclass(frozen=True)
 class Grid:
-    """Names of the grid's tensors: padded size, padding before, row and column index grids, tile counts."""
+    """A member's scale over one region: its row and column windows."""
 
-    padded: str  # int64 [2]
-    before: str  # int64 [2]
-    rows: str  # int64 [n_h * th]: the image row of each tiled row
-    cols: str  # int64 [n_w * tw]
-    n_h: str  # int64 [1]
-    n_w: str  # int64 [1]
+    rows: _Window
+    cols: _Window
 
 
-def _axis(b: GraphBuilder, side: str, tile: int, overlap: float) -> tuple[str, str]:
-    """(index grid [n * tile], n [1]) along one padded side (int64 [1])."""
-    t = b.i64(tile)
-    step = b.op("Where", [b.op("Equal", [side, t]), t, b.i64(max(int(tile * (1 - overlap)), 1))], "step")
-    n = b.op("Add", [b.op("Div", [b.op("Add", [b.op("Sub", [side, t]), b.op("Sub", [step, b.i64(1)])]), step]), b.i64(1)], "tiles")
-    first = b.op("Mul", [b.op("Range", [b.const(np.int64(0)), b.op("Squeeze", [n, b.i64(0)]), b.const(np.int64(1))]), step], "starts")
-    first = b.op("Min", [first, b.op("Sub", [side, t])], "starts")
-    grid = b.op("Add", [b.op("Unsqueeze", [first, b.i64(1)]), b.const(np.arange(tile, dtype=np.int64)[None])], "grid")
-    return b.op("Reshape", [grid, b.i64(-1)], "index"), n
-
-
-def cut(b: GraphBuilder, x: str, hw: str, tiles: TileOptions) -> tuple[str, Grid]:
-    """(N, 3, h, w) -> (N * n_h * n_w, 3, th, tw) tiles, and the grid to blend them back."""
+def cut(b: GraphBuilder, image: str, image_hw: str, scaled_hw: str, region: str, scale: float, tiles: TileOptions,
+        normalize) -> tuple[str, Grid]:
+    """uint8 (N, H, W, 3) -> the tiles the region needs, (N * n_h * n_w, 3, th, tw), normalized; and their grid."""
     th, tw = tiles.size
-    size = b.i64(th, tw)
-    padded = b.op("Max", [hw, size], "padded")
-    before = b.op("Div", [b.op("Sub", [padded, hw]), b.i64(2)], "pad_before")
-    after = b.op("Sub", [b.op("Sub", [padded, hw]), before], "pad_after")
-    pads = b.op("Concat", [b.i64(0, 0), before, b.i64(0, 0), after], "pads", axis=0)
+    resized = scale != 1.0
+
+    def side(hw: str, i: int) -> str:
+        return b.op("Slice", [hw, b.i64(i), b.i64(i + 1)])
+
+    def part(i: int) -> str:
+        return side(region, i)
+
+    windows = []
+    for axis, tile in ((0, th), (1, tw)):
+        length = side(image_hw, axis)
+        stop = b.op("Min", [b.op("Max", [part(2 * axis + 1), b.i64(1)]), length], "region_stop")
+        start = b.op("Min", [b.op("Max", [part(2 * axis), b.i64(0)]), b.op("Sub", [stop, b.i64(1)])], "region_start")
+        windows.append(_window(b, length, side(scaled_hw, axis), start, stop, tile, tiles.overlap, resized))
+    rows, cols = windows
+    x = _read(b, _read(b, image, rows.source, 1), cols.source, 2)
+    x = normalize(b.op("Transpose", [x], "nchw", perm=[0, 3, 1, 2]))
+    pads = b.op("Concat", [b.i64(0, 0), rows.pad[0], cols.pad[0], b.i64(0, 0), rows.pad[1], cols.pad[1]], "pads", axis=0)
     x = b.op("Pad", [x, pads], "tile_pad")
-    rows, n_h = _axis(b, b.op("Slice", [padded, b.i64(0), b.i64(1)]), th, tiles.overlap)
-    cols, n_w = _axis(b, b.op("Slice", [padded, b.i64(1), b.i64(2)]), tw, tiles.overlap)
     lead = b.op("Slice", [b.op("Shape", [x]), b.i64(0), b.i64(2)], "nc")
-    x = b.op("Gather", [x, rows], "tile_rows", axis=2)  # (N, 3, n_h * th, pw)
-    x = b.op("Gather", [x, cols], "tile_cols", axis=3)  # (N, 3, n_h * th, n_w * tw)
-    x = b.op("Reshape", [x, b.op("Concat", [lead, n_h, b.i64(th), n_w, b.i64(tw)], "shape", axis=0)])
+    x = b.op("Gather", [x, rows.index], "tile_rows", axis=2)  # (N, 3, n_h * th, window w)
+    x = b.op("Gather", [x, cols.index], "tile_cols", axis=3)  # (N, 3, n_h * th, n_w * tw)
+    x = b.op("Reshape", [x, b.op("Concat", [lead, rows.n, b.i64(th), cols.n, b.i64(tw)], "shape", axis=0)])
     x = b.op("Transpose", [x], "tiles", perm=[0, 2, 4, 1, 3, 5])  # (N, n_h, n_w, 3, th, tw)
-    x = b.op("Reshape", [x, b.i64(-1, 3, th, tw)], "tile_batch")
-    return x, Grid(padded, before, rows, cols, n_h, n_w)
+    return b.op("Reshape", [x, b.i64(-1, 3, th, tw)], "tile_batch"), Grid(rows, cols)
 
 
-def blend(b: GraphBuilder, v: str, grid: Grid, hw: str, tiles: TileOptions) -> str:
-    """(N * n_h * n_w, K, th, tw) tile values -> (N, K, h, w): weighted, added into place, averaged, cropped."""
+def blend(b: GraphBuilder, v: str, grid: Grid, tiles: TileOptions) -> str:
+    """(N * n_h * n_w, K, th, tw) tile values -> (N, K, region h, region w): weighted, added into place, averaged
+    by the summed weights, cropped to the rows the region reads and resized back to the region."""
     th, tw = tiles.size
-    weights = importance_map((th, tw), tiles.blend, tiles.sigma_scale)
-    v = b.op("Mul", [v, b.f32(weights[None, None])], "weighted")
-    k = b.op("Slice", [b.op("Shape", [v]), b.i64(1), b.i64(2)], "k")
-    v = b.op("Reshape", [v, b.op("Concat", [b.i64(-1), grid.n_h, grid.n_w, k, b.i64(th, tw)], "shape", axis=0)])
-    v = b.op("Transpose", [v], "blocks", perm=[0, 3, 1, 4, 2, 5])  # (N, K, n_h, th, n_w, tw)
-    lead = b.op("Slice", [b.op("Shape", [v]), b.i64(0), b.i64(2)], "nk")
-    rows_n = b.op("Mul", [grid.n_h, b.i64(th)])
-    cols_n = b.op("Mul", [grid.n_w, b.i64(tw)])
-    v = b.op("Reshape", [v, b.op("Concat", [lead, rows_n, cols_n], "shape", axis=0)])
-    count = b.op("Tile", [b.f32(weights[None, None]), b.op("Concat", [b.i64(1, 1), grid.n_h, grid.n_w], "reps", axis=0)], "count")
-    total, count = (_place(b, t, grid) for t in (v, count))
+    weights = b.f32(importance_map((th, tw), tiles.blend, tiles.sigma_scale)[None, None])
+    total = _place(b, b.op("Mul", [v, weights], "weighted"), grid, tiles)
+    ones = b.op("Concat", [b.op("Mul", [grid.rows.n, grid.cols.n]), b.i64(1, th, tw)], "shape", axis=0)
+    count = _place(b, b.op("Expand", [weights, ones], "weights"), grid, tiles)  # one image, one channel: broadcast
     out = b.op("Div", [total, count], "blended")
-    return b.op("Slice", [out, grid.before, b.op("Add", [grid.before, hw]), b.i64(2, 3)], "tile_crop")
+    crop = grid.rows.crop, grid.cols.crop
+    out = b.op("Slice", [out, b.op("Concat", [crop[0][0], crop[1][0]], "from", axis=0),
+                         b.op("Concat", [crop[0][1], crop[1][1]], "to", axis=0), b.i64(2, 3)], "tile_crop")
+    for axis, window in ((2, grid.rows), (3, grid.cols)):
+        if window.back:
+            out = _lerp(b, out, window.back, axis, 4)
+    return out
 
 
-def _place(b: GraphBuilder, x: str, grid: Grid) -> str:
-    """(N, K, n_h * th, n_w * tw) -> (N, K, ph, pw): every tiled pixel added onto its image pixel."""
-    lead = b.op("Slice", [b.op("Shape", [x]), b.i64(0), b.i64(2)], "nk")
-    ph, pw = (b.op("Slice", [grid.padded, b.i64(i), b.i64(i + 1)]) for i in (0, 1))
-    rows_n = b.op("Slice", [b.op("Shape", [x]), b.i64(2), b.i64(3)])
-    wide = b.op("ConstantOfShape", [b.op("Concat", [lead, rows_n, pw], "shape", axis=0)], "zeros", value=_zero())
-    cols = b.op("Expand", [b.op("Reshape", [grid.cols, b.i64(1, 1, 1, -1)]), b.op("Shape", [x])], "col_index")
-    x = b.op("ScatterElements", [wide, cols, x], "place_cols", axis=3, reduction="add")
-    tall = b.op("ConstantOfShape", [b.op("Concat", [lead, ph, pw], "shape", axis=0)], "zeros", value=_zero())
-    rows = b.op("Expand", [b.op("Reshape", [grid.rows, b.i64(1, 1, -1, 1)]), b.op("Shape", [x])], "row_index")
-    return b.op("ScatterElements", [tall, rows, x], "place_rows", axis=2, reduction="add")
+def _place(b: GraphBuilder, v: str, grid: Grid, tiles: TileOptions) -> str:
+    """(N * n_h * n_w, K, th, tw) -> (N, K, window h, window w): every tile pixel added onto its window pixel.
+
+    Two ScatterND(add) on the axis being placed moved first, so each index addresses a whole contiguous slice
+    (indices as small as the tile grid, not as large as the values)."""
+    th, tw = tiles.size
+    v = b.op("Reshape", [v, b.op("Concat", [b.i64(-1), grid.rows.n, grid.cols.n, b.op("Slice", [b.op("Shape", [v]), b.i64(1), b.i64(2)]),
+                                            b.i64(th, tw)], "shape", axis=0)])
+    v = b.op("Transpose", [v], "by_cols", perm=[2, 5, 0, 1, 3, 4])  # (n_w, tw, N, n_h, K, th)
+    inner = b.op("Slice", [b.op("Shape", [v]), b.i64(2), b.i64(6)], "inner")  # N, n_h, K, th
+    v = b.op("Reshape", [v, b.op("Concat", [b.op("Mul", [grid.cols.n, b.i64(tw)]), b.i64(-1)], "shape", axis=0)])
+    v = _scatter(b, v, grid.cols.index, grid.cols.length)
+    v = b.op("Reshape", [v, b.op("Concat", [grid.cols.length, inner], "shape", axis=0)])  # (window w, N, n_h, K, th)
+    v = b.op("Transpose", [v], "by_rows", perm=[2, 4, 1, 3, 0])  # (n_h, th, N, K, window w)
+    nk = b.op("Slice", [b.op("Shape", [v]), b.i64(2), b.i64(4)], "nk")
+    v = b.op("Reshape", [v, b.op("Concat", [b.op("Mul", [grid.rows.n, b.i64(th)]), b.i64(-1)], "shape", axis=0)])
+    v = _scatter(b, v, grid.rows.index, grid.rows.length)
+    v = b.op("Reshape", [v, b.op("Concat", [grid.rows.length, nk, grid.cols.length], "shape", axis=0)])  # (window h, N, K, window w)
+    return b.op("Transpose", [v], "placed", perm=[1, 2, 0, 3])
+
+
+def _scatter(b: GraphBuilder, v: str, index: str, length: str) -> str:
+    """(n * tile, M) rows added into a zero (length, M) at rows ``index``."""
+    m = b.op("Slice", [b.op("Shape", [v]), b.i64(1), b.i64(2)], "m")
+    zeros = b.op("ConstantOfShape", [b.op("Concat", [length, m], "shape", axis=0)], "zeros", value=_zero())
+    return b.op("ScatterND", [zeros, b.op("Unsqueeze", [index, b.i64(1)], "at"), v], "place", reduction="add")
 
 
 def _zero():

@@ -136,7 +136,9 @@ def _graph_config(name: str, graph: Path, opts: TritonOptions) -> str:
     """config.pbtxt for an ensemble graph, its tensors read from the graph itself (batch dimension implicit)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    from segensemble.export.verify_graph import quiet_options
+
+    session = ort.InferenceSession(str(graph), quiet_options(), providers=["CPUExecutionProvider"])
     def tensors(items):
         return [(t.name, _ONNX_TO_TRITON[t.type], [-1 if not isinstance(d, int) else d for d in t.shape[1:]]) for t in items]
     return model_config(name, tensors(session.get_inputs()), tensors(session.get_outputs()), [*WARMUP_HW, 3], opts)

@@ -27,6 +27,16 @@ from segensemble.task import Fusion
 MAX_ABS_PROB = 1e-4
 
 
+def quiet_options():
+    """ONNX Runtime session options that keep its warnings (a tiled graph's optional ``region`` input is one)
+    off the user's terminal; errors still raise."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return so
+
+
 def verification_sizes(manifest: Manifest) -> list[tuple[int, int]]:
     """Square, non-square and odd sizes around twice the largest stride (members without input_size run at them)."""
     s = max(m.stride for m in manifest.members)
@@ -73,7 +83,7 @@ def verify(graph: Path, manifest: Manifest, reference: Reference, thorough: bool
     the same builder over a subset of the views) the odd size alone."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(graph), quiet_options(), providers=["CPUExecutionProvider"])
     fusion = manifest.fusion
     decision = decision_output(fusion.task)
     names = [decision, PROBS, *[member_output(m.name) for m in manifest.members]]

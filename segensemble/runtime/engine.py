@@ -12,7 +12,7 @@ import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +24,7 @@ from segensemble.formats.images import ImageRef, read_image
 from segensemble.graph_io import LABELS, MASK, MASKS, PROBS, decision_output, member_output
 from segensemble.manifest import Build, Manifest, MemberEntry
 from segensemble.run_config import RunConfig
+from segensemble.runtime.regions import Region, region_bytes, run_regions, split
 from segensemble.runtime.sessions import GraphSession, RunControl, RuntimeOptions, open_graph
 from segensemble.task import Fusion
 
@@ -107,9 +108,21 @@ class Engine:
     def cost(self, image_hw: tuple[int, int], batch: int = 1) -> Cost:
         return image_cost(self.members, image_hw, len(self.classes), batch)
 
+    def regions(self, image_hw: tuple[int, int], batch: int = 1) -> list[Region]:
+        """The regions a batch of images of ``image_hw`` runs in: one, unless the graph is regional and the whole
+        image's largest call exceeds the memory budget."""
+        if not self.graph.regional or self.cost(image_hw, batch).memory_mb <= self.budget.max_memory_mb:
+            return [(0, image_hw[0], 0, image_hw[1])]
+        return split(self.members, image_hw, len(self.classes), batch, self.budget)
+
     def admit(self, image_hw: tuple[int, int], source: str) -> None:
-        """Refuse (ImageError naming ``source``) an image whose estimated cost exceeds the budget."""
-        reason = self.cost(image_hw).over(self.budget)
+        """Refuse (ImageError naming ``source``) an image whose estimated cost exceeds the budget (a regional
+        graph's memory is its largest region's)."""
+        cost = self.cost(image_hw)
+        if self.graph.regional:
+            region = max(self.regions(image_hw), key=lambda r: (r[1] - r[0]) * (r[3] - r[2]))
+            cost = replace(cost, memory_mb=region_bytes(self.members, image_hw, region, len(self.classes), 1) / 2**20)
+        reason = cost.over(self.budget)
         if reason:
             raise ImageError(source, f"{image_hw[0]}x{image_hw[1]} {reason}")
 
@@ -146,9 +159,15 @@ class Engine:
         return f"{self.forward_passes} views per image in one graph on {', '.join(self.active_providers)} ({self.precision}){fusion}"
 
     def run(self, images: list[np.ndarray], want: Want = Want({LABELS}), control: RunControl | None = None) -> list[Prediction]:
-        """One graph run over same-size RGB uint8 images."""
+        """One graph run over same-size RGB uint8 images (region by region where they are too large for the
+        memory budget in one call and every member is tiled: ``regions.py``)."""
         names = self._names(want)
-        outputs = dict(zip(names, self.graph.run(np.stack(images), names, control)))
+        batch = images[0][None] if len(images) == 1 else np.stack(images)  # one large image is not copied
+        regions = self.regions(batch.shape[1:3], len(images))
+        if len(regions) > 1:
+            outputs = dict(zip(names, run_regions(self.graph, batch, names, regions, self.members, control)))
+        else:
+            outputs = dict(zip(names, self.graph.run(batch, names, control)))
         members = {m.name: outputs[member_output(m.name)] for m in self.members} if MEMBERS in want else None
         masks = outputs.get(MASKS, outputs[MASK][:, None] if MASK in outputs else None)
         return [Prediction(outputs[LABELS][i] if LABELS in outputs else None, outputs[PROBS][i] if PROBS in want else None,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.errors import SegEnsembleError, first_line
-from segensemble.graph_io import INPUT
+from segensemble.graph_io import INPUT, REGION
 from segensemble.run_config import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -154,20 +154,27 @@ class GraphSession:
     def device(self) -> str:
         return "cuda" if GPU_PROVIDERS & set(self.active) else "cpu"
 
-    def run(self, images: np.ndarray, names: list[str], control: RunControl | None = None) -> list[np.ndarray]:
-        """The outputs ``names`` for a uint8 (N, H, W, 3) batch; ``control`` can cancel it or shrink memory after."""
+    @property
+    def regional(self) -> bool:
+        """Whether the graph takes a ``region`` input (every member tiled: a large image can run part by part)."""
+        return any(i.name == REGION for i in self.session.get_overridable_initializers())
+
+    def run(self, images: np.ndarray, names: list[str], control: RunControl | None = None,
+            region: tuple[int, int, int, int] | None = None) -> list[np.ndarray]:
+        """The outputs ``names`` for a uint8 (N, H, W, 3) batch, or for one ``region`` of it (rows, then columns,
+        [start, stop) each); ``control`` can cancel it or shrink memory after."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
         options = control.options(self.device) if control else None
         try:
             if not self.io_binding:
-                return self.session.run(names, {INPUT: images}, options)
-            return self._run_bound(images, names, options)
+                return self.session.run(names, {INPUT: images, **_region_feed(region)}, options)
+            return self._run_bound(images, names, options, region)
         except Exception as exc:
             if control and control.cancelled:
                 raise RunCancelled() from exc
             raise
 
-    def _run_bound(self, images: np.ndarray, names: list[str], options=None) -> list[np.ndarray]:
+    def _run_bound(self, images: np.ndarray, names: list[str], options=None, region=None) -> list[np.ndarray]:
         """IO binding: the input goes to the device once; only ``names`` come back. Bindings are kept per
         thread and reused while the batch shape repeats (a thread's binding is not shared)."""
         import onnxruntime as ort
@@ -181,11 +188,17 @@ class GraphSession:
             cached = self._local.bound = (key, binding, value)
         _, binding, value = cached
         value.update_inplace(images)
+        for name, array in _region_feed(region).items():
+            binding.bind_cpu_input(name, array)
         binding.clear_binding_outputs()
         for name in names:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding, options)
         return binding.copy_outputs_to_cpu()
+
+
+def _region_feed(region: tuple[int, int, int, int] | None) -> dict[str, np.ndarray]:
+    return {} if region is None else {REGION: np.asarray(region, np.int64)}
 
 
 def session_options(options: RuntimeOptions):
@@ -229,8 +242,14 @@ def _open_onnxruntime(path: Path, options: RuntimeOptions, default_shapes) -> Gr
         options = replace(options, trt_fp16=True)
     shapes = options.trt_shapes or default_shapes
     entries = _provider_entries(names, options, trt_shape_options(shapes) if shapes and TRT in names else None)
+    so = session_options(options)
     try:
-        session = ort.InferenceSession(str(path), sess_options=session_options(options), providers=entries)
+        session = ort.InferenceSession(str(path), sess_options=so, providers=entries)
+        if any(i.name == REGION for i in session.get_overridable_initializers()):
+            # a region changes the shapes inside the graph while the input shapes stay the same; ONNX Runtime's
+            # memory pattern, planned per input shape, would then hand out overlapping buffers (seen: wrong values)
+            so.enable_mem_pattern = False
+            session = ort.InferenceSession(str(path), sess_options=so, providers=entries)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise SegEnsembleError(f"{path}: onnxruntime cannot load this model ({first_line(exc)})") from exc
     active = list(session.get_providers())

@@ -1,0 +1,104 @@
+"""Benchmark: peak memory of a very large image through a tiled ensemble, run region by region.
+
+Three members (smp Unet/resnet18, FPN/resnet34, DeepLabV3Plus/mobilenet_v2; random weights, no downloads),
+12 classes, tiles 512 x 512, overlap 0.25, gaussian blend, labels out. The image (``--size``, default
+10000 x 10000 RGB) is made in the parent and handed over as a raw .npy, so the child's peak RSS is the
+engine's: the decoded image, the label map, the graph's weights and the region in flight. Also printed: the
+regions, the tiles the regions computed against the whole image's tile grid (tiles under a cut run twice),
+and the time.
+
+Usage: python bench/tiles_memory.py [--size 10000 10000] [--max-memory-mb 4096] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_vs_eager import cpu_description
+
+MEMBERS = [("unet", "Unet", "resnet18"), ("fpn", "FPN", "resnet34"), ("deeplab", "DeepLabV3Plus", "mobilenet_v2")]
+CLASSES, TILE, OVERLAP = 12, (512, 512), 0.25
+
+
+def prepare(work: Path) -> None:
+    import torch
+
+    from segensemble.export.build import build
+    from segensemble.models.registry import ModelSpec, create_model
+    from segensemble.plan import parse_plan
+
+    torch.manual_seed(0)
+    members = []
+    for name, arch, encoder in MEMBERS:
+        torch.save(create_model(ModelSpec(arch, encoder, CLASSES)).state_dict(), work / f"{name}.pth")
+        members.append({"name": name, "checkpoint": str(work / f"{name}.pth"), "arch": arch, "encoder": encoder,
+                        "tiles": {"size": list(TILE), "overlap": OVERLAP}})
+    build(parse_plan({"classes": [f"c{i}" for i in range(CLASSES)], "members": members}, work), work / "build", quiet=True)
+
+
+def child(work: Path, max_memory_mb: float, threads: int) -> dict:
+    from segensemble.run_config import RunConfig
+    from segensemble.runtime.engine import LABELS, Want, open_engine
+    from segensemble.runtime.regions import tiles_of
+    from segensemble.tiles import region_tiles
+
+    engine = open_engine(work / "build", RunConfig(intra_op_threads=threads, max_cost=1e9, max_memory_mb=max_memory_mb))
+    image = np.load(work / "image.npy")
+    hw = image.shape[:2]
+    regions = engine.regions(hw)
+    whole = tiles_of(engine.members, hw, (0, hw[0], 0, hw[1]))
+    computed = sum(tiles_of(engine.members, hw, r) for r in regions)
+    start = time.perf_counter()
+    labels = engine.predict([image], Want({LABELS}))[0].labels
+    seconds = time.perf_counter() - start
+    np.save(work / "labels.npy", labels[::100, ::100])
+    return {"regions": len(regions), "largest_region": max(((r[1] - r[0], r[3] - r[2]) for r in regions), key=lambda s: s[0] * s[1]),
+            "tiles_per_member_grid": region_tiles(hw, (0, hw[0], 0, hw[1]), engine.members[0].tiles, 1.0),
+            "tile_views_whole": whole, "tile_views_computed": computed, "seconds": seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, nargs=2, default=[10000, 10000])
+    p.add_argument("--max-memory-mb", type=float, default=4096)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", type=Path)
+    p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._child:
+        print(json.dumps(child(args.work, args.max_memory_mb, args.threads)))
+        return
+    work = args.work or Path(tempfile.mkdtemp(prefix="tiles-memory-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"CPU: {cpu_description()}; {args.threads} threads; image {args.size[0]}x{args.size[1]} RGB, "
+          f"{len(MEMBERS)} members, {CLASSES} classes, tiles {TILE}, overlap {OVERLAP}; --max-memory-mb {args.max_memory_mb:g}")
+    if not (work / "build" / "manifest.json").exists():
+        prepare(work)
+    from segensemble.synthetic.data import smooth_image
+
+    np.save(work / "image.npy", smooth_image(tuple(args.size), 11))
+    out = subprocess.run([sys.executable, __file__, "--_child", "--work", str(work), "--max-memory-mb", str(args.max_memory_mb),
+                          "--threads", str(args.threads)], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(out.stderr[-3000:])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(result))
+    untiled = CLASSES * args.size[0] * args.size[1] * 4 / 2**30
+    print(f"peak RSS {result['peak_rss_mb'] / 1024:.2f} GiB in {result['regions']} regions "
+          f"(one full-size probability map alone: {untiled:.1f} GiB); {result['tile_views_computed'] / result['tile_views_whole']:.2f}x "
+          f"the tiles of the whole image's grid computed; {result['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
