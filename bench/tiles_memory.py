@@ -25,25 +25,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_vs_eager import cpu_description
+from tiles_vs_monai import build_random
 
 MEMBERS = [("unet", "Unet", "resnet18"), ("fpn", "FPN", "resnet34"), ("deeplab", "DeepLabV3Plus", "mobilenet_v2")]
 CLASSES, TILE, OVERLAP = 12, (512, 512), 0.25
 
 
 def prepare(work: Path) -> None:
-    import torch
-
-    from segensemble.export.build import build
-    from segensemble.models.registry import ModelSpec, create_model
-    from segensemble.plan import parse_plan
-
-    torch.manual_seed(0)
-    members = []
-    for name, arch, encoder in MEMBERS:
-        torch.save(create_model(ModelSpec(arch, encoder, CLASSES)).state_dict(), work / f"{name}.pth")
-        members.append({"name": name, "checkpoint": str(work / f"{name}.pth"), "arch": arch, "encoder": encoder,
-                        "tiles": {"size": list(TILE), "overlap": OVERLAP}})
-    build(parse_plan({"classes": [f"c{i}" for i in range(CLASSES)], "members": members}, work), work / "build", quiet=True)
+    build_random(work, MEMBERS, CLASSES, TILE, OVERLAP, ["identity"])
 
 
 def child(work: Path, max_memory_mb: float, threads: int) -> dict:

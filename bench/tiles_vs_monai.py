@@ -29,7 +29,8 @@ MEMBERS = [("unet", "Unet", "resnet18"), ("fpn", "FPN", "resnet34")]
 CLASSES, TILE, OVERLAP = 12, (256, 256), 0.25
 
 
-def prepare(work: Path) -> None:
+def build_random(work: Path, specs, classes: int, tile, overlap: float, tta: list[str]) -> None:
+    """A build of seeded random smp members ``(name, arch, encoder)``, every one tiled (no downloads)."""
     import torch
 
     from segensemble.export.build import build
@@ -38,11 +39,15 @@ def prepare(work: Path) -> None:
 
     torch.manual_seed(0)
     members = []
-    for name, arch, encoder in MEMBERS:
-        torch.save(create_model(ModelSpec(arch, encoder, CLASSES)).state_dict(), work / f"{name}.pth")
+    for name, arch, encoder in specs:
+        torch.save(create_model(ModelSpec(arch, encoder, classes)).state_dict(), work / f"{name}.pth")
         members.append({"name": name, "checkpoint": str(work / f"{name}.pth"), "arch": arch, "encoder": encoder,
-                        "tta": ["identity", "hflip"], "tiles": {"size": list(TILE), "overlap": OVERLAP, "blend": "gaussian"}})
-    build(parse_plan({"classes": [f"c{i}" for i in range(CLASSES)], "members": members}, work), work / "build", quiet=True)
+                        "tta": tta, "tiles": {"size": list(tile), "overlap": overlap, "blend": "gaussian"}})
+    build(parse_plan({"classes": [f"c{i}" for i in range(classes)], "members": members}, work), work / "build", quiet=True)
+
+
+def prepare(work: Path) -> None:
+    build_random(work, MEMBERS, CLASSES, TILE, OVERLAP, ["identity", "hflip"])
 
 
 def _image(size):
