@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from segensemble.errors import ImageError, SegEnsembleError
-from segensemble.formats.images import ImageRef, read_image
+from segensemble.formats.images import ImageRef
 from segensemble.run_config import RunConfig
 from segensemble.runtime.engine import LABELS, MASKS, MEMBERS, PROBS, Engine, Prediction, Want, open_engine
 
@@ -98,7 +98,7 @@ class Ensemble:
                 raise SegEnsembleError(f"image {index}: expected RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
             self.engine.admit(image.shape[:2], f"image {index}")
             return image
-        return read_image(image, admit=lambda hw: self.engine.admit(hw, str(image)))
+        return self.engine.read(image)
 
     def __repr__(self) -> str:
         return f"<Ensemble {len(self.members)} members, {len(self.classes)} classes: {self.engine.describe()}>"

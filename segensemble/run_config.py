@@ -10,7 +10,10 @@ One meaning per field:
 - ``intra_op_threads``: ONNX Runtime threads per call; 0 divides the CPU's logical cores among the calls in
   flight, or with one call leaves ONNX Runtime its own default (one per physical core);
 - ``precision``: fp32 (exact), bf16 (OpenVINO on a CPU with AVX512_BF16 or AMX), fp16 (TensorRT on a GPU);
-- ``max_cost`` / ``max_memory_mb``: the per-image budget checked from the header (``cost.py``).
+- ``max_cost`` / ``max_memory_mb``: the per-image budget checked from the header (``cost.py``); a plan whose
+  members are all tiled runs a larger image region by region within ``max_memory_mb`` (``runtime/regions.py``);
+- ``max_pixels`` / ``tiff_level``: how input files are read (``formats/images.py``): the largest image in
+  pixels, and the pyramid level of a TIFF (0: full resolution).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from enum import Enum
 
 from segensemble.cost import DEFAULT_MAX_MEGAPIXEL_VIEWS, DEFAULT_MAX_MEMORY_MB, Budget
 from segensemble.errors import SegEnsembleError
+from segensemble.formats.images import ReadOptions
 
 
 class Precision(str, Enum):
@@ -44,6 +48,8 @@ class RunConfig:
     images_per_call: int = 1
     max_cost: float = DEFAULT_MAX_MEGAPIXEL_VIEWS
     max_memory_mb: float = DEFAULT_MAX_MEMORY_MB
+    max_pixels: int | None = None  # None: Pillow's own limit
+    tiff_level: int = 0
     io_binding: bool | None = None  # None: on when a GPU provider is active
     # TensorRT's optimization-profile shapes of the input, (N, H, W) min, opt, max (not a plan profile); None: from the plan
     trt_shapes: tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]] | None = None
@@ -59,10 +65,18 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 4096:
                 raise SegEnsembleError(f"{name}: must be an integer in {low}..4096 (got {value!r})")
+        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1):
+            raise SegEnsembleError(f"max_pixels: must be a positive integer (got {self.max_pixels!r})")
+        if isinstance(self.tiff_level, bool) or not isinstance(self.tiff_level, int) or not 0 <= self.tiff_level <= 64:
+            raise SegEnsembleError(f"tiff_level: must be an integer in 0..64 (got {self.tiff_level!r})")
         for name in ("max_cost", "max_memory_mb"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise SegEnsembleError(f"{name}: must be a finite number > 0 (got {value!r})")
+
+    @property
+    def reading(self) -> ReadOptions:
+        return ReadOptions(self.max_pixels, self.tiff_level)
 
     @property
     def budget(self) -> Budget:

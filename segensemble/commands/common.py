@@ -96,7 +96,12 @@ def add_budget_flags(p) -> None:
                    help="refuse an image whose views would cost more than this many megapixel-views (each view's pixels, "
                    f"padded to the stride, summed; default {DEFAULT_MAX_MEGAPIXEL_VIEWS:g})")
     p.add_argument("--max-memory-mb", type=float, default=DEFAULT_MAX_MEMORY_MB,
-                   help=f"refuse an image whose estimated activation memory exceeds this (default {DEFAULT_MAX_MEMORY_MB:g})")
+                   help=f"refuse an image whose estimated activation memory exceeds this (default {DEFAULT_MAX_MEMORY_MB:g}); "
+                   "where every member is tiled, a larger image runs region by region within it instead")
+    p.add_argument("--max-pixels", type=int, default=None, help="refuse an input image of more pixels than this (default and "
+                   "most for PNG/JPEG: Pillow's limit, 178956970; TIFF with the tiff extra may go beyond)")
+    p.add_argument("--tiff-level", type=int, default=0, metavar="N",
+                   help="read level N of a pyramidal TIFF (0, the default: full resolution; needs the tiff extra)")
 
 
 def run_config(args) -> RunConfig:
@@ -105,7 +110,8 @@ def run_config(args) -> RunConfig:
 
     fields = {"providers": tuple(args.providers) if getattr(args, "providers", None) else None, "precision": args.precision,
               "intra_op_threads": getattr(args, "intra_op_threads", 0), "calls_in_flight": getattr(args, "calls_in_flight", 1),
-              "images_per_call": getattr(args, "images_per_call", 1), "max_cost": args.max_cost, "max_memory_mb": args.max_memory_mb}
+              "images_per_call": getattr(args, "images_per_call", 1), "max_cost": args.max_cost, "max_memory_mb": args.max_memory_mb,
+              "max_pixels": getattr(args, "max_pixels", None), "tiff_level": getattr(args, "tiff_level", 0)}
     try:
         return RunConfig(**fields)
     except SegEnsembleError as exc:

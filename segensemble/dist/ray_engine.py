@@ -47,12 +47,10 @@ class EnsembleActor:
         self.want = Want(want)
 
     def __call__(self, batch: dict) -> dict:
-        from segensemble.formats.images import read_image
-
         images, errors = [], []
         for path in batch["path"]:
             try:
-                images.append(read_image(str(path), admit=lambda hw, p=str(path): self.engine.admit(hw, p)))
+                images.append(self.engine.read(str(path)))
                 errors.append("")
             except ImageError as exc:
                 images.append(None)

@@ -2,8 +2,10 @@
 
 The rules (README, "Limits and safety"):
 
-- **Formats**: PNG, JPEG, BMP, TIFF (first page) and WebP, by their content, whatever the file is called;
-  Pillow's other formats (GIF, EPS, ICO, ...) are refused, offline and served alike.
+- **Formats**: PNG, JPEG, BMP, TIFF and WebP, by their content, whatever the file is called; Pillow's other
+  formats (GIF, EPS, ICO, ...) are refused, offline and served alike. TIFF goes through tifffile when the
+  ``tiff`` extra is installed (BigTIFF, any codec, a pyramid level: ``formats/tiff.py``), else Pillow (classic
+  TIFF, first page).
 - **Orientation**: an EXIF orientation tag (2-8) is applied, as ``cv2.imread`` (what training code reads
   with) applies it: predictions are in the orientation a viewer shows.
 - **16-bit** samples become 8-bit as ``cv2.imread`` makes them: the high byte, ``v >> 8``, whatever the image
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +30,13 @@ import numpy as np
 
 from segensemble.errors import ImageError
 from segensemble.files import open_regular
+from segensemble.formats.tiff import is_tiff, read_tiff
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")  # Pillow's names; every other format is refused by content
 MAX_FILE_BYTES = 1 << 30  # one image file, offline (the server bounds its body separately)
+MAX_TIFF_BYTES = 1 << 36  # a TIFF (whole-slide pyramids are large files; only the level read is decoded)
+DEFAULT_MAX_PIXELS = 2 * 89_478_485  # without --max-pixels: where Pillow's decompression-bomb check refuses, for every format
 MAX_HEADER_SEGMENTS = 1024  # PNG chunks other than IDAT, JPEG marker segments before the first scan
 IDAT_BYTES_PER_CHUNK = 1024  # PNG image-data chunks: at most one per this many bytes of file (encoders write 8-64 KiB)
 _SWAPS_HW = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
@@ -80,10 +86,46 @@ def _check_utf8(name: str) -> str:
 Admit = Callable[[tuple[int, int]], None]  # sees (H, W) from the header, raises ImageError to refuse
 
 
-def read_image(path: str | Path, max_pixels: int | None = None, admit: Admit | None = None) -> np.ndarray:
-    """Read a regular file as RGB uint8 (H, W, 3); the header is checked before the body is read."""
-    with open_regular(path, MAX_FILE_BYTES, lambda reason: ImageError(str(path), reason)) as fh:
-        return _decode(fh, str(path), max_pixels, admit)
+@dataclass(frozen=True)
+class ReadOptions:
+    """How input files are read: the pixel limit (None: Pillow's own decompression-bomb limit) and a TIFF's
+    pyramid level (0: full resolution)."""
+
+    max_pixels: int | None = None
+    tiff_level: int = 0
+
+    def read(self, path: str | Path, admit: Admit | None = None) -> np.ndarray:
+        return read_image(path, self.max_pixels, admit, self.tiff_level)
+
+    def size(self, path: str | Path) -> tuple[int, int]:
+        """(H, W) that ``read`` will return, from the header alone (orientation and TIFF level applied)."""
+        found: list[tuple[int, int]] = []
+
+        def stop(hw: tuple[int, int]) -> None:
+            found.append(hw)
+            raise _SizeFound(str(path), "size found")
+
+        try:
+            self.read(path, stop)
+        except _SizeFound:
+            return found[0]
+        raise ImageError(str(path), "no size in the header")  # not reached: every reader admits before decoding
+
+
+class _SizeFound(ImageError):
+    """Raised through a reader once the header gave the size (no pixel is decoded; readers pass ImageError on)."""
+
+
+def read_image(path: str | Path, max_pixels: int | None = None, admit: Admit | None = None, tiff_level: int = 0) -> np.ndarray:
+    """Read a regular file as RGB uint8 (H, W, 3); the header is checked before the body is read. ``tiff_level``:
+    the pyramid level of a TIFF (0: full resolution)."""
+    with open_regular(path, MAX_TIFF_BYTES, lambda reason: ImageError(str(path), reason)) as fh:
+        size = fh.seek(0, io.SEEK_END)
+        fh.seek(0)
+        if size > MAX_FILE_BYTES and not is_tiff(fh.read(4)):
+            raise ImageError(str(path), f"{size} bytes exceeds the limit of {MAX_FILE_BYTES} for one image file (TIFF excepted)")
+        fh.seek(0)
+        return _decode(fh, str(path), max_pixels, admit, tiff_level)
 
 
 def header_size(data: bytes, source: str) -> tuple[int, int]:
@@ -96,7 +138,16 @@ def decode_image(data: bytes, source: str, max_pixels: int | None = None, admit:
     return _decode(io.BytesIO(data), source, max_pixels, admit)
 
 
-def _decode(fh: BinaryIO, source: str, max_pixels: int | None, admit: Admit | None) -> np.ndarray:
+def _decode(fh: BinaryIO, source: str, max_pixels: int | None, admit: Admit | None, tiff_level: int = 0) -> np.ndarray:
+    if is_tiff(fh.read(4)):
+        fh.seek(0)
+        if tiff_level or _has_tifffile():
+            return read_tiff(fh, source, tiff_level, max_pixels or DEFAULT_MAX_PIXELS, admit)
+    fh.seek(0)
+
+    if max_pixels is not None and max_pixels > DEFAULT_MAX_PIXELS:
+        max_pixels = DEFAULT_MAX_PIXELS  # Pillow refuses more; its error below names the limit
+
     def load(img):
         height, width = _oriented_hw(img)
         if max_pixels is not None and width * height > max_pixels:
@@ -109,18 +160,27 @@ def _decode(fh: BinaryIO, source: str, max_pixels: int | None, admit: Admit | No
     return _open_checked(fh, source, load)
 
 
+def _has_tifffile() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("tifffile") is not None
+
+
 def _open_checked(fh: BinaryIO, source: str, use):
     """Check the header's structure, open ``fh`` with Pillow (allowed formats only) and hand the image to ``use``."""
     from PIL import Image, UnidentifiedImageError
 
     _check_structure(fh, source)
     try:
-        with Image.open(fh, formats=FORMATS) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixel limit is ours (max_pixels)
+            img = Image.open(fh, formats=FORMATS)
+        with img:
             return use(img)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(source, f"too many pixels ({exc})") from exc
+        raise ImageError(source, f"too many pixels ({exc}); only TIFF (the tiff extra) reads larger images") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(source, f"not a decodable image in an accepted format ({', '.join(FORMATS)})") from exc
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:

@@ -20,7 +20,7 @@ import numpy as np
 
 from segensemble.cost import Budget, Cost, image_cost
 from segensemble.errors import ImageError, SegEnsembleError
-from segensemble.formats.images import ImageRef, read_image
+from segensemble.formats.images import ImageRef, ReadOptions
 from segensemble.graph_io import LABELS, MASK, MASKS, PROBS, decision_output, member_output
 from segensemble.manifest import Build, Manifest, MemberEntry
 from segensemble.run_config import RunConfig
@@ -72,8 +72,10 @@ class Engine:
     """One ONNX Runtime session over a build's ensemble graph (thread-safe, built once)."""
 
     def __init__(self, build: Build, options: RuntimeOptions = RuntimeOptions(), images_per_call: int = 1,
-                 workers: int = 1, profile: str | None = None, graphs: dict | None = None, budget: Budget = Budget()):
+                 workers: int = 1, profile: str | None = None, graphs: dict | None = None, budget: Budget = Budget(),
+                 reading: ReadOptions = ReadOptions()):
         self.build = build
+        self.reading = reading
         self.build_dir = build.dir
         self.budget = budget
         self.base_manifest = build.manifest
@@ -92,18 +94,19 @@ class Engine:
 
     @classmethod
     def from_build(cls, build_dir: str | Path, options: RuntimeOptions = RuntimeOptions(), images_per_call: int = 1,
-                   workers: int = 1, profile: str | None = None, budget: Budget = Budget()) -> Engine:
+                   workers: int = 1, profile: str | None = None, budget: Budget = Budget(),
+                   reading: ReadOptions = ReadOptions()) -> Engine:
         if options.trt_cache_dir is None:
             from dataclasses import replace
 
             options = replace(options, trt_cache_dir=str(Path(build_dir) / "trt-cache"))
-        return cls(Build.open(build_dir), options, images_per_call, workers, profile, budget=budget)
+        return cls(Build.open(build_dir), options, images_per_call, workers, profile, budget=budget, reading=reading)
 
     def with_profile(self, name: str | None) -> Engine:
         """The engine of a named profile of this build (its own graph file; sessions opened once)."""
         if name == self.profile:
             return self
-        return Engine(self.build, self.options, self.images_per_call, self.workers, name, self._graphs, self.budget)
+        return Engine(self.build, self.options, self.images_per_call, self.workers, name, self._graphs, self.budget, self.reading)
 
     def cost(self, image_hw: tuple[int, int], batch: int = 1) -> Cost:
         return image_cost(self.members, image_hw, len(self.classes), batch)
@@ -114,6 +117,10 @@ class Engine:
         if not self.graph.regional or self.cost(image_hw, batch).memory_mb <= self.budget.max_memory_mb:
             return [(0, image_hw[0], 0, image_hw[1])]
         return split(self.members, image_hw, len(self.classes), batch, self.budget)
+
+    def read(self, path: str | Path) -> np.ndarray:
+        """An input file decoded under the engine's read options, admitted by its budget from the header."""
+        return self.reading.read(path, admit=lambda hw: self.admit(hw, str(path)))
 
     def admit(self, image_hw: tuple[int, int], source: str) -> None:
         """Refuse (ImageError naming ``source``) an image whose estimated cost exceeds the budget (a regional
@@ -218,7 +225,7 @@ class Engine:
         ``prefetch`` decoded images plus ``workers`` batches are held, so memory is bounded however many
         images run.
         """
-        read = reader or (lambda ref: read_image(ref.path, admit=lambda hw: self.admit(hw, str(ref.path))))
+        read = reader or (lambda ref: self.read(ref.path))
         workers = workers or self.workers
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode") as decoders, \
                 ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine") as runners:
@@ -241,7 +248,7 @@ def open_engine(build_dir: str | Path, config: RunConfig = RunConfig(), profile:
     runtime = replace(RuntimeOptions(config.providers, config.threads, precision=config.precision.value, streams=config.calls_in_flight,
                                      io_binding=config.io_binding, trt_shapes=config.trt_shapes), **options)
     return Engine.from_build(build_dir, runtime, images_per_call=config.images_per_call, workers=config.calls_in_flight, profile=profile,
-                             budget=config.budget)
+                             budget=config.budget, reading=config.reading)
 
 
 def _check_classes(graph: GraphSession, classes: list[str]) -> None:

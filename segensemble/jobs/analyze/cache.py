@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from segensemble.errors import SegEnsembleError
 from segensemble.export.graph import build_graph
-from segensemble.formats.images import ImageRef, read_image
+from segensemble.formats.images import ImageRef
 from segensemble.graph_io import ViewId, list_views, view_output
 from segensemble.runtime.engine import Engine
 from segensemble.runtime.sessions import GraphSession, open_graph
@@ -63,18 +63,13 @@ def build_cache(engine: Engine, refs: list[ImageRef], root: Path, dtype: str = "
     Each member's views come from a variant of the ensemble graph whose outputs are that member's views at
     H x W (built into ``root/graphs``), so the time each member costs is measured on its own.
     """
-    from PIL import Image
-
     views = list_views(engine.members)
-    sizes = []
-    for ref in refs:  # sizes from the headers, without decoding twice
-        with Image.open(ref.path) as img:
-            sizes.append((img.height, img.width))
+    sizes = [engine.reading.size(ref.path) for ref in refs]  # from the headers (orientation, TIFF level), without decoding twice
     _check_disk(root, sum(h * w for h, w in sizes) * len(engine.classes) * len(views) * np.dtype(dtype).itemsize)
     graphs = _member_graphs(engine, root / "graphs")
     cache = ViewCache(root, views, sizes, len(engine.classes), dtype)
     for i, ref in enumerate(tqdm(refs, desc="analyze: views", unit="img", disable=not progress)):
-        image = read_image(ref.path, admit=lambda hw, p=str(ref.path): engine.admit(hw, p))[None]
+        image = engine.read(ref.path)[None]
         for mi, (session, names) in enumerate(graphs):
             started = time.perf_counter()
             outputs = session.run(image, names)
