@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from segensemble.errors import SegEnsembleError, first_line
 from segensemble.files import open_regular
 from segensemble.profiles import Profile, apply_profile
+from segensemble.postprocess import PostProcess
 from segensemble.task import Fusion
 from segensemble.tiles import TileOptions
 
@@ -135,6 +136,7 @@ class Manifest(BaseModel):
     format: int = MANIFEST_FORMAT
     classes: list[str]
     fusion: Fusion = Fusion()  # task, vote rule, thresholds
+    postprocess: PostProcess | None = None  # steps after the graph, applied by the engine (postprocess.py)
     members: list[MemberEntry]
     providers: list[str]
     cost: PlanCost

@@ -19,6 +19,7 @@ from segensemble.cost import Budget, image_cost
 from segensemble.errors import PlanError
 from segensemble.names import safe_name
 from segensemble.profiles import Profile, TtaName, apply_profile
+from segensemble.postprocess import PostProcess, PostProcessSpec
 from segensemble.task import DEFAULT_THRESHOLD, Fusion, TaskName, VoteRule
 from segensemble.tiles import TileOptions
 from segensemble.yaml_guard import load_yaml
@@ -40,7 +41,7 @@ PLAN_BUDGET = Budget(max_megapixel_views=1024.0, max_memory_mb=65536.0)  # for t
 
 SOURCES = ("checkpoint", "folds", "epochs", "swa", "onnx")
 FUSION_FIELDS = ("task", "vote", "min_votes", "tsharpen_t", "thresholds")
-TOP_LEVEL = ("task", "classes", "vote", "min_votes", "tsharpen_t", "thresholds", "defaults", "members", "profiles")
+TOP_LEVEL = ("task", "classes", "vote", "min_votes", "tsharpen_t", "thresholds", "postprocess", "defaults", "members", "profiles")
 
 
 class ViewOptions(BaseModel):
@@ -196,6 +197,7 @@ class Plan(BaseModel):
     min_votes: float = Field(0.5, gt=0, le=1, description="majority: the weighted share of member votes that turns a class on")
     tsharpen_t: float = Field(0.5, gt=0, le=16, description="tsharpen: the exponent t in the mean of p^t")
     thresholds: Annotated[float, Field(ge=0, lt=1)] | list[Annotated[float, Field(ge=0, lt=1)]] | None = None
+    postprocess: PostProcessSpec | None = Field(None, description="steps after the vote (postprocess.py)")
     classes: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1, max_length=MAX_CLASSES)
     defaults: ViewOptions = Field(default_factory=ViewOptions)
     members: list[MemberSpec] = Field(min_length=1, max_length=MAX_MEMBERS)
@@ -237,7 +239,20 @@ class Plan(BaseModel):
         for i, m in enumerate(self.members):
             if m.class_weights is not None and len(m.class_weights) != len(self.classes):
                 raise ValueError(f"members[{i}].class_weights: {len(m.class_weights)} weights for {len(self.classes)} classes")
+        if self.postprocess is not None:
+            try:
+                self.postprocess.resolve(list(self.classes), self.task)
+            except ValueError as exc:
+                raise ValueError(f"postprocess.{exc}") from None
         return self
+
+    @property
+    def post(self) -> PostProcess | None:
+        """The postprocess section resolved to one value per class (None: no step)."""
+        if self.postprocess is None:
+            return None
+        steps = self.postprocess.resolve(list(self.classes), self.task)
+        return steps if steps.active else None
 
     @property
     def fusion(self) -> Fusion:
@@ -282,7 +297,7 @@ def parse_plan(raw: object, base_dir: Path, source: Path | None = None) -> Plan:
     _check_size(members, where)
     classes = raw.get("classes")
     profiles = raw.get("profiles") or {}
-    fusion = {k: raw[k] for k in FUSION_FIELDS if k in raw}
+    fusion = {k: raw[k] for k in (*FUSION_FIELDS, "postprocess") if k in raw}
     plan = _validate(Plan, {"classes": classes, "defaults": defaults, "members": members, "profiles": profiles, "path": source,
                             **fusion}, (), where)
     check_class_weights(plan.members, plan.classes, f"{where}members")

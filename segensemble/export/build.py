@@ -69,7 +69,7 @@ def build(plan: Plan, out_dir: str | Path, *, providers: list[str] | None = None
     finally:
         bar.close()  # an error then prints on its own line
     manifest = Manifest(
-        classes=list(plan.classes), fusion=plan.fusion, members=members, providers=providers or _providers(),
+        classes=list(plan.classes), fusion=plan.fusion, postprocess=plan.post, members=members, providers=providers or _providers(),
         cost=_cost(members), plan=str(plan.path) if plan.path else None,
         profiles=dict(plan.profiles),
     )
@@ -279,4 +279,5 @@ def plan_table(manifest: Manifest) -> str:
                      ",".join(m.tta), str(m.views), f"{m.weight:g}"))
     cost = manifest.cost
     rows.append(("total", "", "", str(sum(len(m.models) for m in manifest.members)), "", "", str(cost.forward_passes), ""))
-    return text_table(rows, rule=True) + f"\nper image: {cost.describe()}\ntask: {manifest.fusion.describe()}"
+    post = f"\npost-processing: {manifest.postprocess.describe(manifest.classes)}" if manifest.postprocess else ""
+    return text_table(rows, rule=True) + f"\nper image: {cost.describe()}\ntask: {manifest.fusion.describe()}{post}"

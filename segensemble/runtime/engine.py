@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from segensemble import postprocess
 from segensemble.cost import Budget, Cost, image_cost
 from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.formats.images import ImageRef, ReadOptions
@@ -163,12 +164,15 @@ class Engine:
 
     def describe(self) -> str:
         fusion = "" if self.fusion == Fusion() else f"; {self.fusion.describe()}"
+        if self.manifest.postprocess:
+            fusion += f"; post-processing {self.manifest.postprocess.describe(self.classes)}"
         return f"{self.forward_passes} views per image in one graph on {', '.join(self.active_providers)} ({self.precision}){fusion}"
 
     def run(self, images: list[np.ndarray], want: Want = Want({LABELS}), control: RunControl | None = None) -> list[Prediction]:
         """One graph run over same-size RGB uint8 images (region by region where they are too large for the
         memory budget in one call and every member is tiled: ``regions.py``)."""
-        names = self._names(want)
+        post = self.manifest.postprocess if want & {LABELS, MASKS} else None
+        names = self._names(want | {PROBS} if post else want)
         batch = images[0][None] if len(images) == 1 else np.stack(images)  # one large image is not copied
         regions = self.regions(batch.shape[1:3], len(images))
         if len(regions) > 1:
@@ -177,6 +181,11 @@ class Engine:
             outputs = dict(zip(names, self.graph.run(batch, names, control)))
         members = {m.name: outputs[member_output(m.name)] for m in self.members} if MEMBERS in want else None
         masks = outputs.get(MASKS, outputs[MASK][:, None] if MASK in outputs else None)
+        if post:  # the plan's post-processing, the same for every job (postprocess.py)
+            if LABELS in outputs:
+                outputs[LABELS] = np.stack([postprocess.apply(post, p, labels=x) for p, x in zip(outputs[PROBS], outputs[LABELS])])
+            else:
+                masks = np.stack([postprocess.apply(post, p, masks=x) for p, x in zip(outputs[PROBS], masks)])
         return [Prediction(outputs[LABELS][i] if LABELS in outputs else None, outputs[PROBS][i] if PROBS in want else None,
                            {k: v[i] for k, v in members.items()} if members else None, masks[i] if masks is not None else None)
                 for i in range(len(images))]
