@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict
 
 from segensemble.errors import SegEnsembleError, first_line
 from segensemble.files import open_regular
-from segensemble.profiles import Profile, apply_profile
 from segensemble.postprocess import PostProcess
+from segensemble.profiles import Profile, apply_profile
 from segensemble.task import Fusion
 from segensemble.tiles import TileOptions
 

@@ -18,8 +18,8 @@ from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
 from segensemble.cost import Budget, image_cost
 from segensemble.errors import PlanError
 from segensemble.names import safe_name
-from segensemble.profiles import Profile, TtaName, apply_profile
 from segensemble.postprocess import PostProcess, PostProcessSpec
+from segensemble.profiles import Profile, TtaName, apply_profile
 from segensemble.task import DEFAULT_THRESHOLD, Fusion, TaskName, VoteRule
 from segensemble.tiles import TileOptions
 from segensemble.yaml_guard import load_yaml
