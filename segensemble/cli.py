@@ -7,11 +7,11 @@ import argparse
 import logging
 import sys
 
-from segensemble.commands import analyze, build, check_submission, demo, evaluate, export, predict, pseudo, serve, triton
+from segensemble.commands import analyze, build, check_submission, demo, evaluate, export, predict, pseudo, serve, triton, tune
 from segensemble.errors import SegEnsembleError
 from segensemble.extras import missing_extra
 
-COMMANDS = (export, build, predict, check_submission, evaluate, analyze, pseudo, serve, triton, demo)
+COMMANDS = (export, build, predict, check_submission, evaluate, analyze, tune, pseudo, serve, triton, demo)
 
 def build_parser(script: str | None = None) -> argparse.ArgumentParser:
     """The ``ensemble`` parser; ``script`` names a command run as its own console script (its --help says so)."""

@@ -109,6 +109,14 @@ class Engine:
             return self
         return Engine(self.build, self.options, self.images_per_call, self.workers, name, self._graphs, self.budget, self.reading)
 
+    def without_postprocess(self) -> Engine:
+        """This engine returning the graph's decisions as they are (``ensemble tune`` searches from them)."""
+        import copy
+
+        raw = copy.copy(self)
+        raw.manifest = self.manifest.model_copy(update={"postprocess": None})
+        return raw
+
     def cost(self, image_hw: tuple[int, int], batch: int = 1) -> Cost:
         return image_cost(self.members, image_hw, len(self.classes), batch)
 

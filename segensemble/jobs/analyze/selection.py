@@ -80,9 +80,10 @@ def select_members(cache, members, gts, select, held, names, out, best) -> dict:
     return result
 
 
-def write_tuned_plan(plan: Plan, weights: list[float], out: Path, fusion: dict | None = None) -> Path:
-    """The plan with the chosen weights (and vote, thresholds: ``fusion``); members weighted 0 are left out.
-    Paths are absolute; the plan's task and other top-level fields are kept."""
+def write_tuned_plan(plan: Plan, weights: list[float], out: Path, fusion: dict | None = None, postprocess: dict | None = None,
+                     by: str = "ensemble analyze") -> Path:
+    """The plan with the chosen weights (and vote, thresholds: ``fusion``; post-processing: ``postprocess``);
+    members weighted 0 are left out. Paths are absolute; the plan's task and other top-level fields are kept."""
     members = []
     for member, w in zip(plan.members, weights):
         if w <= 0:
@@ -93,9 +94,12 @@ def write_tuned_plan(plan: Plan, weights: list[float], out: Path, fusion: dict |
                 data[key] = getattr(member, key)
         data["weight"] = float(w)
         members.append(data)
-    top = plan.model_dump(mode="json", include={"task", "vote", "min_votes", "tsharpen_t", "thresholds"}, exclude_defaults=True)
+    top = plan.model_dump(mode="json", include={"task", "vote", "min_votes", "tsharpen_t", "thresholds", "postprocess"},
+                          exclude_defaults=True, exclude_none=True)
     top |= fusion or {}
-    text = "# written by `ensemble analyze`: members, weights and vote chosen on the validation set\n" + \
+    if postprocess is not None:
+        top["postprocess"] = postprocess
+    text = f"# written by `{by}`: chosen on the validation set\n" + \
         yaml.safe_dump({**top, "classes": list(plan.classes), "members": members}, sort_keys=False)
     target = out / "plan.tuned.yaml"
     write_atomic(target, lambda tmp: tmp.write_text(text))
