@@ -25,8 +25,9 @@ def _planted(seed: int, h: int = 64, w: int = 64) -> Sample:
         if (truth[r:r + 3, c:c + 3] != 2).all():
             pred[r:r + 3, c:c + 3] = 2
     probs = np.full((3, h, w), 0.1)
-    probs[truth, *np.indices((h, w))] = 0.5
-    probs[pred, *np.indices((h, w))] = 0.8
+    rows, cols = np.indices((h, w))
+    probs[truth, rows, cols] = 0.5
+    probs[pred, rows, cols] = 0.8
     return Sample(str(seed), probs / probs.sum(0), pred, truth)
 
 
