@@ -78,7 +78,7 @@ def _measure(engine: Engine, coco_path: Path, image_root: Path, options: Analyze
     per_image_ms = lambda kept: float(cache.seconds[kept].sum() / n * 1000)  # noqa: E731
 
     def row(name: str, kept: list[int], weights=None) -> dict:
-        figures = score_views(cache, coefficients(views, kept, members, weights), gts, everything, names)
+        figures = score_views(cache, coefficients(views, kept, members, weights), gts, everything, names, engine.manifest.postprocess)
         return {"variant": name, "miou": figures["miou"], "miou_per_image": figures["miou_per_image"], "iou": figures["iou"],
                 "forward_passes": len(kept), "ms_per_image": per_image_ms(kept), "confusion": figures["confusion"]}
 

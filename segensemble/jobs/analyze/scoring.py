@@ -10,13 +10,18 @@ from segensemble.jobs.analyze.cache import ViewCache
 from segensemble.jobs.analyze.variants import member_views
 from segensemble.jobs.metrics import IouMeter
 from segensemble.manifest import MemberEntry
+from segensemble.postprocess import PostProcess, apply
 
 
-def score_views(cache: ViewCache, coeffs: dict[int, float], gts, images: list[int], names: list[str]) -> dict:
-    """mIoU figures of the combination ``coeffs``; ``confusion`` holds the pooled confusion matrix."""
+def score_views(cache: ViewCache, coeffs: dict[int, float], gts, images: list[int], names: list[str],
+                post: PostProcess | None = None) -> dict:
+    """mIoU figures of the combination ``coeffs`` (after the plan's post-processing ``post``, as every job
+    applies it); ``confusion`` holds the pooled confusion matrix."""
     meter = IouMeter(len(names))
     for i in images:
-        meter.add(gts(i), cache.combine(coeffs, i).argmax(0))
+        p = cache.combine(coeffs, i)
+        labels = p.argmax(0)
+        meter.add(gts(i), apply(post, p, labels=labels) if post else labels)
     return meter.summary(names) | {"confusion": meter.total.tolist()}
 
 
