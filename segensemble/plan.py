@@ -10,7 +10,7 @@ finite and within the bounds below, and a YAML document whose aliases would expa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -50,6 +50,7 @@ class ViewOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # architecture (checkpoint members; smp directories and ONNX files carry their own)
+    framework: Literal["smp", "torchvision"] = Field("smp", description="smp, or torchvision's segmentation builders (arch)")
     arch: str | None = None
     encoder: str | None = None
     in_channels: int = Field(3, ge=1, le=MAX_IN_CHANNELS)
@@ -159,6 +160,21 @@ class MemberSpec(ViewOptions):
         if any(side % self.stride for side in self.tiles.size):
             raise ValueError(f"tiles: size {list(self.tiles.size)} must be a multiple of the member's stride {self.stride} "
                              "(each tile goes to the model as it is)")
+        return self
+
+    @model_validator(mode="after")
+    def _framework_fits(self) -> MemberSpec:
+        if self.framework != "torchvision":
+            return self
+        from segensemble.models.registry import TORCHVISION_ARCHS
+
+        if self.arch is None or self.arch.lower() not in TORCHVISION_ARCHS:
+            raise ValueError(f"arch: a torchvision member names one of {', '.join(TORCHVISION_ARCHS)} (got {self.arch!r})")
+        if self.encoder is not None or self.model_kwargs or self.in_channels != 3:
+            raise ValueError("framework torchvision: the builder's name says its backbone; leave out encoder, model_kwargs "
+                             "and in_channels (aux_loss is read from the checkpoint)")
+        if self.onnx is not None:
+            raise ValueError("framework: an onnx member carries its own graph; leave framework out")
         return self
 
     @model_validator(mode="after")

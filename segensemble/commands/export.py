@@ -21,6 +21,8 @@ def add(sub) -> None:
     p.add_argument("--arch", help="smp architecture (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, PSPNet, Segformer, ...); "
                    "not needed for smp directories")
     p.add_argument("--encoder", help="smp encoder name (resnet34, efficientnet-b0, mit_b0, ...)")
+    p.add_argument("--framework", choices=["smp", "torchvision"], default="smp", help="torchvision: --arch is one of its "
+                   "segmentation builders (fcn_resnet50, deeplabv3_resnet101, lraspp_mobilenet_v3_large, ...); default smp")
     p.add_argument("--classes", type=int, help="number of output classes (default: read from the checkpoint)")
     p.add_argument("--in-channels", type=int, default=None, help="input channels (default 3)")
     p.add_argument("--class-names", nargs="+", help="class names, index = class id (stored in the metadata)")
@@ -48,7 +50,7 @@ def run(args) -> int:
         raise SegEnsembleError("give exactly one of CHECKPOINT or --swa CKPT CKPT ...")
     if args.bn_images and not args.swa:
         raise SegEnsembleError("--bn-images only applies with --swa")
-    spec = PartialSpec(args.arch, args.encoder, args.classes, args.in_channels, args.model_kwargs)
+    spec = PartialSpec(args.arch, args.encoder, args.classes, args.in_channels, args.model_kwargs, args.framework)
     mean, std = floats3(args.mean, "--mean"), floats3(args.std, "--std")
     if args.swa:
         loaded, note = _swa(args, spec, mean, std)

@@ -114,7 +114,7 @@ def _build_model(plan: Plan, index: int, member: MemberSpec, k: int, out: Path) 
         return cached, True, None
     # a binary member may have one logit or a softmax pair: its checkpoint says which
     spec = PartialSpec(member.arch, member.encoder, None if plan.task == "binary" else len(plan.classes), member.in_channels,
-                       member.model_kwargs)
+                       member.model_kwargs, member.framework)
     note = None
     if member.axis == "swa":
         loaded = average_checkpoints([Path(s) for s in sources], spec, trust_pickle=member.trust_pickle)
@@ -147,6 +147,7 @@ def _channel_names(plan: Plan, channels: int) -> list[str]:
 def _cache_key(plan: Plan, member: MemberSpec, sources: list[str]) -> str:
     fields = {
         "sources": [file_sha256(Path(s)) for s in sources], "axis": member.axis, "arch": member.arch, "encoder": member.encoder,
+        **({"framework": member.framework} if member.framework != "smp" else {}),  # smp keys as before: old exports stay reusable
         "classes": list(plan.classes), "in_channels": member.in_channels, "mean": member.mean, "std": member.std,
         "stride": member.stride, "input_size": member.input_size, "opset": OPSET, "model_kwargs": member.model_kwargs,
         "bn_images": _folder_fingerprint(member.bn_images) if member.bn_images else None,

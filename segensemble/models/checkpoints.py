@@ -18,7 +18,7 @@ from typing import Any
 from segensemble.errors import CheckpointError, first_line
 from segensemble.files import open_regular
 from segensemble.manifest import file_sha256
-from segensemble.models.registry import ModelSpec, create_model, resolve_arch
+from segensemble.models.registry import TORCHVISION_ARCHS, ModelSpec, create_model, resolve_arch
 from segensemble.plan import MAX_CLASSES, check_model_kwargs
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
@@ -45,6 +45,7 @@ class PartialSpec:
     classes: int | None = None
     in_channels: int | None = None
     extra: dict | None = None  # smp constructor kwargs beyond the four above
+    framework: str = "smp"
 
 
 def load_checkpoint(path: str | Path, spec: PartialSpec | ModelSpec | None = None, *, trust_pickle: bool = False) -> LoadedModel:
@@ -63,7 +64,7 @@ def _as_partial(spec: PartialSpec | ModelSpec | None) -> PartialSpec:
     if spec is None:
         return PartialSpec()
     if isinstance(spec, ModelSpec):
-        return PartialSpec(spec.arch, spec.encoder, spec.classes, spec.in_channels)
+        return PartialSpec(spec.arch, spec.encoder, spec.classes, spec.in_channels, framework=spec.framework)
     return spec
 
 
@@ -223,6 +224,8 @@ def _strip_prefixes(state: dict) -> dict:
 
 
 def _complete_spec(path: Path, want: PartialSpec, carried: PartialSpec, state: dict) -> ModelSpec:
+    if want.framework == "torchvision":
+        return _torchvision_spec(path, want, state)
     arch = want.arch or carried.arch
     encoder = want.encoder or carried.encoder
     if not arch or not encoder:
@@ -234,11 +237,24 @@ def _complete_spec(path: Path, want: PartialSpec, carried: PartialSpec, state: d
     return ModelSpec(resolve_arch(arch), encoder, int(classes), want.in_channels or 3, dict(want.extra or {}))
 
 
+def _torchvision_spec(path: Path, want: PartialSpec, state: dict) -> ModelSpec:
+    """A torchvision model's spec: its builder from the plan, its classes from the plan or its head, aux_loss
+    as it was trained (its state_dict has an aux_classifier or not)."""
+    if not want.arch:
+        raise CheckpointError(f"{path}: a torchvision member names its builder in arch (one of {', '.join(TORCHVISION_ARCHS)})")
+    head = state.get("classifier.4.weight", state.get("classifier.high_classifier.weight"))
+    classes = want.classes or (int(head.shape[0]) if head is not None else None)
+    if not classes:
+        raise CheckpointError(f"{path}: cannot tell the number of classes; give --classes")
+    aux = any(k.startswith("aux_classifier.") for k in state)
+    return ModelSpec(resolve_arch(want.arch, "torchvision"), "", int(classes), 3, {"aux_loss": aux}, "torchvision")
+
+
 def _build_and_load(path: Path, spec: ModelSpec, state: dict, form: str) -> LoadedModel:
     model = create_model(spec)
     _check_keys(path, spec, model.state_dict(), state)
     model.load_state_dict(state, strict=True)
-    return LoadedModel(model.eval(), replace(spec, arch=resolve_arch(spec.arch)), path, file_sha256(path), form)
+    return LoadedModel(model.eval(), replace(spec, arch=resolve_arch(spec.arch, spec.framework)), path, file_sha256(path), form)
 
 
 def _check_keys(path: Path, spec: ModelSpec, expected: dict, got: dict) -> None:

@@ -1,4 +1,5 @@
-"""Architecture registry: one explicit lookup over smp's architectures, with an error listing valid names."""
+"""Architecture registry: one explicit lookup over smp's architectures and torchvision's segmentation builders,
+with an error listing valid names."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segensemble.errors import CheckpointError, first_line
+
+FRAMEWORKS = ("smp", "torchvision")
+# torchvision.models.segmentation's builders: the backbone is part of the name; output "out" is full-size logits
+TORCHVISION_ARCHS = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
+                     "lraspp_mobilenet_v3_large")
 
 
 @dataclass(frozen=True)
@@ -16,9 +22,12 @@ class ModelSpec:
     encoder: str
     classes: int
     in_channels: int = 3
-    extra: dict[str, Any] = field(default_factory=dict)  # other smp constructor kwargs (decoder_channels, ...)
+    extra: dict[str, Any] = field(default_factory=dict)  # other constructor kwargs (smp: decoder_channels, ...; torchvision: aux_loss)
+    framework: str = "smp"
 
     def describe(self) -> str:
+        if self.framework == "torchvision":
+            return f"torchvision {self.arch} ({self.classes} classes)"
         return f"{self.arch}/{self.encoder} ({self.classes} classes, {self.in_channels} in-channels)"
 
 
@@ -32,8 +41,12 @@ def list_architectures() -> list[str]:
     return sorted(_architectures())
 
 
-def resolve_arch(name: str) -> str:
-    """Canonical smp class name for ``name`` (case-insensitive), or an error listing the valid ones."""
+def resolve_arch(name: str, framework: str = "smp") -> str:
+    """Canonical architecture name for ``name`` (case-insensitive), or an error listing the valid ones."""
+    if framework == "torchvision":
+        if name.lower() not in TORCHVISION_ARCHS:
+            raise CheckpointError(f"unknown torchvision segmentation model {name!r}; available: {', '.join(TORCHVISION_ARCHS)}")
+        return name.lower()
     archs = _architectures()
     by_lower = {k.lower(): k for k in archs}
     if name.lower() not in by_lower:
@@ -42,7 +55,9 @@ def resolve_arch(name: str) -> str:
 
 
 def create_model(spec: ModelSpec):
-    """Build the smp model for ``spec`` with random weights (never downloads: encoder_weights=None)."""
+    """Build the model for ``spec`` with random weights (never downloads: encoder_weights=None, weights=None)."""
+    if spec.framework == "torchvision":
+        return _torchvision_model(spec)
     arch = resolve_arch(spec.arch)
     cls = _architectures()[arch]
     try:
@@ -56,3 +71,33 @@ def create_model(spec: ModelSpec):
     except (KeyError, ValueError, TypeError, AttributeError, AssertionError, IndexError, RuntimeError) as exc:  # smp's own checks
         raise CheckpointError(f"cannot build {spec.describe()}: {first_line(exc)}") from None
     return model.eval()
+
+
+def _torchvision_model(spec: ModelSpec):
+    """A torchvision segmentation model whose forward returns its ``out`` head (``aux`` ignored); its state_dict
+    keys are torchvision's own, so checkpoints saved from the plain model load as they are."""
+    from torchvision.models import segmentation
+
+    net = getattr(segmentation, resolve_arch(spec.arch, "torchvision"))(
+        weights=None, weights_backbone=None, num_classes=spec.classes, aux_loss=bool(spec.extra.get("aux_loss", False)))
+    return _out_head_class()(net).eval()
+
+
+def _out_head_class():
+    import torch
+
+    class OutHead(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)["out"]
+
+        def state_dict(self, *args, **kwargs):
+            return self.net.state_dict(*args, **kwargs)
+
+        def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+            return self.net.load_state_dict(state, strict=strict, assign=assign)
+
+    return OutHead

@@ -1,0 +1,79 @@
+"""torchvision segmentation models as members: built from their builder with random weights (no downloads),
+saved as torchvision saves them (a state_dict, a dict holding one; with or without the aux head), exported
+and verified at the plan's views, and the member's probabilities equal torchvision's own forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_plan
+
+from segensemble.errors import PlanError
+from segensemble.plan import parse_plan
+from segensemble.runtime.engine import MEMBERS, Engine, Want
+from segensemble.synthetic.data import smooth_image
+
+segmentation = pytest.importorskip("torchvision.models.segmentation")
+CLASSES = ["background", "a", "b"]
+
+
+@pytest.fixture(scope="module")
+def tv_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tv")
+    torch.manual_seed(0)
+    lraspp = segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3).eval()
+    deeplab = segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3, aux_loss=True).eval()
+    torch.save(lraspp.state_dict(), root / "lraspp.pth")
+    torch.save({"model": deeplab.state_dict(), "epoch": 3}, root / "deeplab.pth")
+    plan = {"classes": CLASSES, "members": [
+        {"name": "lraspp", "framework": "torchvision", "arch": "lraspp_mobilenet_v3_large", "checkpoint": "lraspp.pth",
+         "scales": [0.75, 1.0], "tta": ["identity", "hflip"]},
+        {"name": "deeplab", "framework": "torchvision", "arch": "deeplabv3_mobilenet_v3_large", "checkpoint": "deeplab.pth"}]}
+    result = build_plan(plan, root / "build", root)
+    return {"dir": root / "build", "models": {"lraspp": lraspp, "deeplab": deeplab}, "result": result}
+
+
+def _torch_member(model, image: np.ndarray, scales, tta) -> np.ndarray:
+    """The member as torchvision runs it: normalized, resized per scale (bilinear, half-pixel), out head's softmax,
+    views averaged back at the image's size."""
+    import torch.nn.functional as F
+
+    from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
+
+    x = torch.from_numpy(((image / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)[None].astype(np.float32))
+    h, w = image.shape[:2]
+    total = 0
+    with torch.no_grad():
+        for s in scales:
+            size = (int(np.floor(h * s + 0.5)), int(np.floor(w * s + 0.5)))
+            xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if s != 1 else x
+            for t in tta:
+                view = xs.flip(-1) if t == "hflip" else xs
+                p = model(view)["out"].softmax(1)
+                p = p.flip(-1) if t == "hflip" else p
+                total = total + (F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False) if s != 1 else p)
+    return (total / (len(scales) * len(tta)))[0].numpy()
+
+
+def test_torchvision_members_equal_their_own_forward(tv_build):
+    manifest = tv_build["result"].manifest
+    assert manifest.graphs[""].verified.max_abs_prob <= 1e-4
+    deeplab = next(m for m in manifest.members if m.name == "deeplab")
+    assert deeplab.models[0].form == "nested:model" and deeplab.arch == "deeplabv3_mobilenet_v3_large"
+    engine = Engine.from_build(tv_build["dir"])
+    image = smooth_image((96, 128), 2)  # sides multiples of the stride: the padding the plan adds does not enter
+    got = engine.predict([image], Want({MEMBERS}))[0].members
+    for member in engine.members:
+        want = _torch_member(tv_build["models"][member.name], image, member.scales, member.tta)
+        assert np.abs(got[member.name] - want).max() < 1e-3, member.name
+        assert (got[member.name].argmax(0) == want.argmax(0)).mean() > 0.999
+
+
+def test_torchvision_plan_errors(tmp_path):
+    (tmp_path / "m.pth").write_bytes(b"")
+    base = {"name": "m", "framework": "torchvision", "checkpoint": "m.pth"}
+    with pytest.raises(PlanError, match="a torchvision member names one of fcn_resnet50, .*lraspp_mobilenet_v3_large"):
+        parse_plan({"classes": CLASSES, "members": [base | {"arch": "Unet"}]}, tmp_path)
+    with pytest.raises(PlanError, match="leave out encoder"):
+        parse_plan({"classes": CLASSES, "members": [base | {"arch": "fcn_resnet50", "encoder": "resnet50"}]}, tmp_path)
