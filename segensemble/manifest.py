@@ -49,6 +49,8 @@ class ModelEntry(BaseModel):
     arch: str | None = None
     encoder: str | None = None
     channels: int | None = None  # output logits; a binary task also takes 2 (a softmax pair, read as l1 - l0)
+    output: str = "logits"  # or "probs" (an ONNX member that ends in its softmax/sigmoid: turned back into logits)
+    resize_output: bool = False  # the output is at another resolution than the input (resized bilinearly to it)
 
 
 class MemberEntry(BaseModel):

@@ -149,6 +149,7 @@ class MemberSpec(ViewOptions):
     epochs: list[str] | None = Field(None, min_length=1, max_length=MAX_MODELS_PER_MEMBER)
     swa: list[str] | None = Field(None, min_length=2, max_length=MAX_MODELS_PER_MEMBER)
     onnx: str | None = None
+    onnx_output: Literal["logits", "probs"] = Field("logits", description="what an onnx member outputs, at any resolution")
 
     @model_validator(mode="after")
     def _tiles_fit(self) -> MemberSpec:
@@ -160,6 +161,12 @@ class MemberSpec(ViewOptions):
         if any(side % self.stride for side in self.tiles.size):
             raise ValueError(f"tiles: size {list(self.tiles.size)} must be a multiple of the member's stride {self.stride} "
                              "(each tile goes to the model as it is)")
+        return self
+
+    @model_validator(mode="after")
+    def _onnx_output_fits(self) -> MemberSpec:
+        if self.onnx_output != "logits" and self.onnx is None:
+            raise ValueError("onnx_output: describes an onnx member's output (checkpoint members are exported as logits)")
         return self
 
     @model_validator(mode="after")

@@ -195,12 +195,24 @@ def _copy_onnx(plan: Plan, where: str, member: MemberSpec, out: Path) -> ModelEn
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise PlanError(f"{where}.onnx: onnxruntime cannot load {src} ({first_line(exc)})") from exc
     metadata = dict(session.get_modelmeta().custom_metadata_map)
-    probe = json.loads(metadata["fixed_hw"]) if metadata.get("fixed_hw") else (2 * member.stride, 2 * member.stride)
+    probe = json.loads(metadata["fixed_hw"]) if metadata.get("fixed_hw") else (4 * member.stride, 4 * member.stride)
     feed = {session.get_inputs()[0].name: np.zeros((1, member.in_channels, *probe), np.float32)}
-    channels = session.run(None, feed)[0].shape[1]
-    _check_channels(plan, channels, f"{where}.onnx: {src}")
+    output = session.run(None, feed)[0]
+    _check_output(plan, output, tuple(probe), f"{where}.onnx: {src}")
     entry = _entry_from_metadata(target, metadata, out)
-    return entry.model_copy(update={"sources": [str(src)], "sha256": file_sha256(src), "form": "onnx", "channels": channels})
+    return entry.model_copy(update={"sources": [str(src)], "sha256": file_sha256(src), "form": "onnx", "channels": output.shape[1],
+                                    "output": member.onnx_output, "resize_output": tuple(output.shape[2:]) != tuple(probe)})
+
+
+def _check_output(plan: Plan, output: np.ndarray, probe: tuple[int, int], where: str) -> None:
+    """An ONNX member's first output must be per-pixel class scores (N, C, h, w), float, at any resolution."""
+    found = f"found {output.dtype} {tuple(output.shape)} for a {probe[0]}x{probe[1]} input"
+    if output.ndim != 4 or not np.issubdtype(output.dtype, np.floating):
+        raise PlanError(f"{where}: the first output must be float class scores (N, C, h, w); {found} (an argmax'd label map "
+                        "cannot be voted: export the logits)")
+    if not member_channels_ok(plan.task, output.shape[1], len(plan.classes)) and member_channels_ok(plan.task, output.shape[3], len(plan.classes)):
+        raise PlanError(f"{where}: the output looks channels-last (N, h, w, C); {found}; export it as (N, C, h, w)")
+    _check_channels(plan, output.shape[1], where)
 
 
 def _copy_member_onnx(src: Path, target: Path, where: str) -> None:

@@ -118,7 +118,7 @@ class _Member:
             for group in (g for g in groups if g):
                 inputs = [b.tta(x, t, inverse=False) for t in group]
                 batch = inputs[0] if len(inputs) == 1 else b.op("Concat", inputs, "views", axis=0)
-                logits = logits_of(b, model.call(b, batch), entry.models[k].channels, self.fusion)
+                logits = logits_of(b, model.call(b, batch), entry.models[k], self.fusion, batch)
                 values = view_value(b, logits, self.fusion, self.rule)
                 chunks = [values] if len(group) == 1 else b.op("Split", [values], "view", outputs=len(group), axis=0, num_outputs=len(group))
                 for t, chunk in zip(group, chunks):

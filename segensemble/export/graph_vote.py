@@ -23,7 +23,7 @@ import numpy as np
 from segensemble.export.graph_ops import GraphBuilder
 from segensemble.graph_io import LABELS, MASK, MASKS, PROBS, member_output
 from segensemble.manifest import MemberEntry
-from segensemble.task import VOTE_SLACK, Fusion
+from segensemble.task import LOG_FLOOR, VOTE_SLACK, Fusion
 
 
 def fusion_weights(members: list[MemberEntry], classes: int) -> np.ndarray:
@@ -32,9 +32,18 @@ def fusion_weights(members: list[MemberEntry], classes: int) -> np.ndarray:
     return raw / raw.sum(0, keepdims=True)
 
 
-def logits_of(b: GraphBuilder, x: str, channels: int | None, fusion: Fusion) -> str:
-    """A model's output as the task's logits: a binary task's softmax pair becomes l1 - l0."""
-    if fusion.task == "binary" and channels == 2:
+def logits_of(b: GraphBuilder, x: str, model, fusion: Fusion, source: str) -> str:
+    """A model's output (``model``: its ModelEntry) as the task's logits at its input's size (``source``):
+    probabilities back to logits (log p; a sigmoid's log p - log(1 - p)), another resolution resized
+    bilinearly (logits, before any softmax, as Hugging Face upsamples SegFormer's), a binary task's softmax
+    pair as l1 - l0."""
+    if model.output == "probs":
+        floor = b.f32(LOG_FLOOR)
+        log_p = b.op("Log", [b.op("Max", [x, floor])], "log_p")
+        x = b.op("Sub", [log_p, b.op("Log", [b.op("Max", [b.op("Sub", [b.f32(1.0), x]), floor])])], "logit") if fusion.sigmoid else log_p
+    if model.resize_output:
+        x = b.resize(x, b.op("Slice", [b.op("Shape", [source]), b.i64(2), b.i64(4)], "input_hw"))
+    if fusion.task == "binary" and model.channels == 2:
         l0, l1 = b.op("Split", [x], "pair", outputs=2, axis=1, num_outputs=2)
         return b.op("Sub", [l1, l0], "binary_logit")
     return x

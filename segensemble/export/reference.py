@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.manifest import Manifest
-from segensemble.task import VOTE_SLACK, Fusion
+from segensemble.task import LOG_FLOOR, VOTE_SLACK, Fusion
 from segensemble.tiles import importance_map, padding, starts
 from segensemble.views import TTA, bilinear
 
@@ -137,11 +137,22 @@ class Reference:
             self._sessions[file] = ort.InferenceSession(str(self.build_dir / file), providers=["CPUExecutionProvider"])
         return self._sessions[file]
 
-    def _runner(self, file: str):
-        """A member model as a function of one (3, h, w) input: (C, h, w) float64 logits."""
-        session = self._session(file)
+    def _runner(self, model, fusion: Fusion):
+        """A member model (its ModelEntry) as a function of one (3, h, w) input: (C, h, w) float64 logits at the
+        input's size (probabilities turned back into logits, another resolution resized: ``graph_vote.logits_of``)."""
+        session = self._session(model.file)
         name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: x[None].astype(np.float32)})[0][0].astype(np.float64)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            out = session.run(None, {name: x[None].astype(np.float32)})[0][0].astype(np.float64)
+            if model.output == "probs":
+                log_p = np.log(np.maximum(out, LOG_FLOOR))
+                out = log_p - np.log(np.maximum(1.0 - out, LOG_FLOOR)) if fusion.sigmoid else log_p
+            if out.shape[1:] != x.shape[1:]:
+                out = bilinear(out.transpose(1, 2, 0), *x.shape[1:]).transpose(2, 0, 1)
+            return out
+
+        return run
 
     def views(self, manifest: Manifest, image: np.ndarray, rule: str | None = "mean"):
         """Yield (member index, model index, scale, tta, (C, H, W) float64 view value at the image's size): the
@@ -150,7 +161,7 @@ class Reference:
         fusion = manifest.fusion
         for mi, m in enumerate(manifest.members):
             for k, model in enumerate(m.models):
-                run = self._runner(model.file)
+                run = self._runner(model, fusion)
                 for s in m.scales:
                     for t in m.tta:
                         q = tiled_value(image, m, s, t, run, fusion, rule) if m.tiles else None
