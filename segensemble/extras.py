@@ -10,7 +10,7 @@ EXTRA_OF = {
     "onnxscript": "export", "safetensors": "export", "albumentations": "export",
     "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve", "starlette": "serve",
     "prometheus_client": "serve", "pydantic_settings": "serve", "swagger_ui_bundle": "serve",
-    "tifffile": "tiff", "imagecodecs": "tiff",
+    "tifffile": "tiff", "imagecodecs": "tiff", "transformers": "huggingface",
     "matplotlib": "analyze", "openvino": "openvino", "ray": "dist", "pandas": "dist", "pyarrow": "dist",
 }
 

@@ -50,7 +50,8 @@ class ViewOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # architecture (checkpoint members; smp directories and ONNX files carry their own)
-    framework: Literal["smp", "torchvision"] = Field("smp", description="smp, or torchvision's segmentation builders (arch)")
+    framework: Literal["smp", "torchvision", "transformers"] = Field(
+        "smp", description="smp; torchvision's segmentation builders (arch); transformers: save_pretrained folders")
     arch: str | None = None
     encoder: str | None = None
     in_channels: int = Field(3, ge=1, le=MAX_IN_CHANNELS)
@@ -171,6 +172,13 @@ class MemberSpec(ViewOptions):
 
     @model_validator(mode="after")
     def _framework_fits(self) -> MemberSpec:
+        if self.framework == "transformers":
+            if self.arch or self.encoder or self.model_kwargs or self.in_channels != 3:
+                raise ValueError("framework transformers: the folder's config.json says the model; leave out arch, encoder, "
+                                 "model_kwargs and in_channels")
+            if self.onnx is not None or self.swa is not None:
+                raise ValueError("framework transformers: members are save_pretrained folders (checkpoint, folds or epochs)")
+            return self
         if self.framework != "torchvision":
             return self
         from segensemble.models.registry import TORCHVISION_ARCHS

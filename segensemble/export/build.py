@@ -179,6 +179,7 @@ def _entry_from_metadata(target: Path, meta: dict[str, str], out: Path) -> Model
         gflops_hw=tuple(json.loads(meta["gflops_hw"])) if meta.get("gflops_hw") else None,
         fixed_hw=tuple(fixed) if fixed else None, note=meta.get("shape_note"),
         arch=meta.get("arch"), encoder=meta.get("encoder"), channels=int(meta["classes"]) if meta.get("classes") else None,
+        resize_output=meta.get("resize_output") == "1",
     )
 
 

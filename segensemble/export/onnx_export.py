@@ -173,7 +173,8 @@ def _check_parity(model, data: bytes, shapes: list[tuple[int, ...]], out: Path) 
             raise ExportError(f"{out}: the exported graph fails at input shape {shape}: {first_line(exc)}") from exc
         worst = max(worst, float(np.abs(got - ref).max()))
         agree_min = min(agree_min, float((got.argmax(1) == ref.argmax(1)).mean()))
-    parity = {"max_abs_logit": worst, "argmax_agreement": agree_min, "shapes": [list(s) for s in shapes]}
+        resized = got.shape[2:] != tuple(shape[2:])  # logits at another resolution (SegFormer: 1/4): resized in the graph
+    parity = {"max_abs_logit": worst, "argmax_agreement": agree_min, "shapes": [list(s) for s in shapes], "resized": resized}
     if worst > MAX_ABS_LOGIT or agree_min < MIN_ARGMAX_AGREEMENT:
         raise ExportError(
             f"{out}: ONNX Runtime disagrees with PyTorch: max |Δlogit| {worst:.3g} (limit {MAX_ABS_LOGIT}), "
@@ -236,6 +237,8 @@ def _metadata(loaded: LoadedModel, options: ExportOptions, parity: dict, gflops:
         "exporter": "torch.onnx dynamo opset 18" if fixed else f"torch.onnx (TorchScript) opset {OPSET}",
         "segensemble_version": segensemble.__version__,
     }
+    if parity.get("resized"):
+        meta["resize_output"] = "1"
     if fixed:
         meta["fixed_hw"] = json.dumps(list(fixed))
         meta["shape_note"] = f"{spec.arch} adaptive pooling: exported at a fixed {fixed[0]}x{fixed[1]}, dynamic batch only"

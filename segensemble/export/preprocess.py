@@ -140,13 +140,42 @@ def _three(value, at: str) -> tuple[float, float, float]:
     return tuple(values)  # type: ignore[return-value]
 
 
+def read_hf_preprocessor(path: Path, at: str) -> dict:
+    """What a Hugging Face ``preprocessor_config.json`` determines: mean and std of 0..1 pixels (its rescale
+    and normalize folded together) and, where it resizes to a fixed height x width, input_size."""
+    config = _json(path.read_text(), f"{at}: {path}")
+    if not isinstance(config, dict):
+        raise PlanError(f"{at}: {path}: expected a JSON object")
+    mean = _three(config.get("image_mean", [0.0, 0.0, 0.0]), f"{at}: {path}: image_mean") if config.get("do_normalize", True) else (0.0, 0.0, 0.0)
+    std = _three(config.get("image_std", [1.0, 1.0, 1.0]), f"{at}: {path}: image_std") if config.get("do_normalize", True) else (1.0, 1.0, 1.0)
+    factor = float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0
+    # the model sees (pixel * factor - mean) / std; segensemble computes (pixel / 255 - m) / s: m = mean / (255 factor), s likewise
+    k = 255.0 * factor
+    fields: dict = {"mean": tuple(v / k for v in mean), "std": tuple(v / k for v in std)}
+    size = config.get("size")
+    if config.get("do_resize", True) and isinstance(size, dict):
+        if set(size) >= {"height", "width"}:
+            fields["input_size"] = (int(size["height"]), int(size["width"]))
+        else:
+            raise PlanError(f"{at}: {path}: resizes by {sorted(size)}, which a fixed input_size cannot say; set input_size "
+                            "(or leave it out to run images at their own size) and remove size from the file")
+    return fields
+
+
 def apply_preprocess(member: MemberSpec, index: int, where: str = "") -> MemberSpec:
-    """``member`` with the fields its preprocess file determines; a contradicting explicit field is an error."""
-    if not member.preprocess:
+    """``member`` with the fields its preprocess file (or a Hugging Face folder's preprocessor_config.json)
+    determines; a contradicting explicit field is an error."""
+    hf = Path(member.sources[0]) / "preprocessor_config.json" if member.framework == "transformers" and member.onnx is None else None
+    if member.preprocess:
+        at = f"{where}members[{index}].preprocess"
+        path = Path(member.preprocess)
+        derived = read_preprocess(path, at)
+    elif hf is not None and hf.is_file():
+        at = f"{where}members[{index}]"
+        path = hf
+        derived = read_hf_preprocessor(path, at)
+    else:
         return member
-    at = f"{where}members[{index}].preprocess"
-    path = Path(member.preprocess)
-    derived = read_preprocess(path, at)
     for field in DERIVED:
         if field in derived and field in member.model_fields_set and not _same(getattr(member, field), derived[field]):
             raise PlanError(f"{where}members[{index}].{field}: {_show(getattr(member, field))} contradicts {path} "

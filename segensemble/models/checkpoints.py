@@ -18,7 +18,7 @@ from typing import Any
 from segensemble.errors import CheckpointError, first_line
 from segensemble.files import open_regular
 from segensemble.manifest import file_sha256
-from segensemble.models.registry import TORCHVISION_ARCHS, ModelSpec, create_model, resolve_arch
+from segensemble.models.registry import TORCHVISION_ARCHS, ModelSpec, create_model, hf_logits_module, resolve_arch
 from segensemble.plan import MAX_CLASSES, check_model_kwargs
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
@@ -54,6 +54,8 @@ def load_checkpoint(path: str | Path, spec: PartialSpec | ModelSpec | None = Non
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or directory")
     spec = _as_partial(spec)
+    if spec.framework == "transformers":
+        return _load_hf_dir(path, spec)
     if path.is_dir():
         return _load_smp_dir(path, spec)
     open_regular(path, fail=lambda reason: CheckpointError(f"{path}: {reason}")).close()  # torch.load would hang on a FIFO
@@ -66,6 +68,34 @@ def _as_partial(spec: PartialSpec | ModelSpec | None) -> PartialSpec:
     if isinstance(spec, ModelSpec):
         return PartialSpec(spec.arch, spec.encoder, spec.classes, spec.in_channels, framework=spec.framework)
     return spec
+
+
+def _load_hf_dir(path: Path, want: PartialSpec) -> LoadedModel:
+    """A Hugging Face ``save_pretrained`` folder of a ``*ForSemanticSegmentation`` model: safetensors weights
+    only, never a download (local_files_only), never the folder's own code (trust_remote_code off)."""
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: a transformers member is a save_pretrained folder with config.json")
+    if not (path / "model.safetensors").is_file():
+        raise CheckpointError(f"{path}: no model.safetensors; save with save_pretrained(..., safe_serialization=True) "
+                              "(pickled pytorch_model.bin files are not loaded)")
+    try:
+        from transformers import AutoConfig, AutoModelForSemanticSegmentation
+    except ImportError as exc:
+        from segensemble.extras import missing_extra
+
+        raise missing_extra(exc, f"{path}: a transformers member") or exc from None
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        net = AutoModelForSemanticSegmentation.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                                               trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: transformers cannot load this folder as a semantic-segmentation model ({first_line(exc)})") from None
+    classes = int(config.num_labels)
+    if want.classes and want.classes != classes:
+        raise CheckpointError(f"{path}: config.json has {classes} labels ({', '.join(map(str, config.id2label.values()))}); "
+                              f"the plan has {want.classes} classes")
+    spec = ModelSpec(type(net).__name__, "", classes, 3, {}, "transformers")
+    return LoadedModel(hf_logits_module(net), spec, path, file_sha256(path), "hf_dir")
 
 
 def _load_smp_dir(path: Path, want: PartialSpec) -> LoadedModel:

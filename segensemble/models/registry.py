@@ -8,7 +8,7 @@ from typing import Any
 
 from segensemble.errors import CheckpointError, first_line
 
-FRAMEWORKS = ("smp", "torchvision")
+FRAMEWORKS = ("smp", "torchvision", "transformers")
 # torchvision.models.segmentation's builders: the backbone is part of the name; output "out" is full-size logits
 TORCHVISION_ARCHS = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
                      "lraspp_mobilenet_v3_large")
@@ -26,8 +26,8 @@ class ModelSpec:
     framework: str = "smp"
 
     def describe(self) -> str:
-        if self.framework == "torchvision":
-            return f"torchvision {self.arch} ({self.classes} classes)"
+        if self.framework in ("torchvision", "transformers"):
+            return f"{self.framework} {self.arch} ({self.classes} classes)"
         return f"{self.arch}/{self.encoder} ({self.classes} classes, {self.in_channels} in-channels)"
 
 
@@ -43,6 +43,8 @@ def list_architectures() -> list[str]:
 
 def resolve_arch(name: str, framework: str = "smp") -> str:
     """Canonical architecture name for ``name`` (case-insensitive), or an error listing the valid ones."""
+    if framework == "transformers":
+        return name  # the class a save_pretrained folder names (its config.json's architectures)
     if framework == "torchvision":
         if name.lower() not in TORCHVISION_ARCHS:
             raise CheckpointError(f"unknown torchvision segmentation model {name!r}; available: {', '.join(TORCHVISION_ARCHS)}")
@@ -58,6 +60,8 @@ def create_model(spec: ModelSpec):
     """Build the model for ``spec`` with random weights (never downloads: encoder_weights=None, weights=None)."""
     if spec.framework == "torchvision":
         return _torchvision_model(spec)
+    if spec.framework == "transformers":
+        raise CheckpointError(f"{spec.describe()}: a Hugging Face member loads its save_pretrained folder (no random build)")
     arch = resolve_arch(spec.arch)
     cls = _architectures()[arch]
     try:
@@ -101,3 +105,19 @@ def _out_head_class():
             return self.net.load_state_dict(state, strict=strict, assign=assign)
 
     return OutHead
+
+
+def hf_logits_module(net):
+    """A ``*ForSemanticSegmentation`` model as a module of pixel values returning its logits (often at 1/4 of
+    the input's size: the ensemble graph resizes them to the view, as Hugging Face's post-processing does)."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(pixel_values=x).logits
+
+    return Logits(net).eval()

@@ -1,0 +1,67 @@
+"""Hugging Face members: a save_pretrained folder of a tiny SegformerForSemanticSegmentation (random weights,
+written here), its preprocessing read from preprocessor_config.json, its 1/4-resolution logits resized in the
+graph before the softmax; equal to Hugging Face's own processor + model + upsampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_plan
+
+from segensemble.errors import CheckpointError, PlanError
+from segensemble.runtime.engine import MEMBERS, Engine, Want
+from segensemble.synthetic.data import smooth_image
+
+transformers = pytest.importorskip("transformers")
+CLASSES = ["background", "road", "car"]
+
+
+def _segformer(folder, size=(64, 64), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)):
+    torch.manual_seed(0)
+    config = transformers.SegformerConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 16, 16], num_attention_heads=[1, 1, 1, 1],
+                                          decoder_hidden_size=16, num_labels=3, id2label=dict(enumerate(CLASSES)),
+                                          label2id={c: i for i, c in enumerate(CLASSES)})
+    model = transformers.SegformerForSemanticSegmentation(config).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    processor = transformers.SegformerImageProcessor(size={"height": size[0], "width": size[1]}, image_mean=list(mean), image_std=list(std))
+    processor.save_pretrained(folder)
+    return model, processor
+
+
+def test_a_segformer_folder_equals_hugging_faces_own_pipeline(tmp_path):
+    model, processor = _segformer(tmp_path / "segformer")
+    plan = {"classes": CLASSES, "members": [{"name": "segformer", "framework": "transformers", "checkpoint": "segformer",
+                                              "tta": ["identity", "hflip"]}]}
+    result = build_plan(plan, tmp_path / "build", tmp_path)
+    member = result.manifest.members[0]
+    assert member.input_size == (64, 64) and np.allclose(member.mean, (0.5, 0.4, 0.3)) and np.allclose(member.std, (0.2, 0.25, 0.3))
+    assert member.models[0].resize_output and member.models[0].form == "hf_dir"
+    assert result.manifest.graphs[""].verified.max_abs_prob <= 1e-4
+    image = smooth_image((64, 64), 3)  # at the processor's size: its resize is the identity, so only the model differs
+    got = Engine.from_build(tmp_path / "build").predict([image], Want({MEMBERS}))[0].members["segformer"]
+    pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+    views = []
+    with torch.no_grad():
+        for flip in (False, True):
+            x = pixels.flip(-1) if flip else pixels
+            logits = model(pixel_values=x).logits
+            p = torch.nn.functional.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False).softmax(1)
+            views.append(p.flip(-1) if flip else p)
+    want = torch.stack(views).mean(0)[0].numpy()
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_folder_checks(tmp_path):
+    _segformer(tmp_path / "seg")
+    (tmp_path / "seg" / "model.safetensors").rename(tmp_path / "seg" / "other.bin")
+    plan = {"classes": CLASSES, "members": [{"name": "s", "framework": "transformers", "checkpoint": "seg"}]}
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        build_plan(plan, tmp_path / "build", tmp_path)
+    plan["members"][0]["encoder"] = "mit_b0"
+    with pytest.raises(PlanError, match="framework transformers: the folder's config.json says the model"):
+        build_plan(plan, tmp_path / "build", tmp_path)
+    _segformer(tmp_path / "seg4")
+    plan = {"classes": CLASSES + ["extra"], "members": [{"name": "s", "framework": "transformers", "checkpoint": "seg4"}]}
+    with pytest.raises(CheckpointError, match="config.json has 3 labels"):
+        build_plan(plan, tmp_path / "b4", tmp_path)
