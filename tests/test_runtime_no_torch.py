@@ -16,7 +16,7 @@ RUNTIME = [
 
 def test_runtime_modules_do_not_import_torch():
     code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in RUNTIME) + \
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'segmentation_models_pytorch', 'timm'))\n" \
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'segmentation_models_pytorch', 'timm', 'torchvision', 'transformers'))\n" \
         "assert not bad, bad[:5]\nprint('ok')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
@@ -28,7 +28,7 @@ def test_predict_runs_without_torch_installed(built, data, tmp_path):
         "import sys\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'segmentation_models_pytorch'):\n"
+        "        if name.split('.')[0] in ('torch', 'segmentation_models_pytorch', 'torchvision', 'transformers'):\n"
         "            raise ImportError('torch is blocked in this test')\n"
         "sys.meta_path.insert(0, Block())\n"
         "from segensemble.cli import main\n"
