@@ -52,6 +52,10 @@ class ViewOptions(BaseModel):
     # architecture (checkpoint members; smp directories and ONNX files carry their own)
     framework: Literal["smp", "torchvision", "transformers"] = Field(
         "smp", description="smp; torchvision's segmentation builders (arch); transformers: save_pretrained folders")
+    factory: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="a team's own model: package.module:function")
+    factory_kwargs: dict = Field(default_factory=dict, description="keyword arguments of the factory")
+    code_path: str | None = Field(None, description="folder the factory's module is imported from (relative to the plan)")
+    trust_code: bool = False
     arch: str | None = None
     encoder: str | None = None
     in_channels: int = Field(3, ge=1, le=MAX_IN_CHANNELS)
@@ -72,7 +76,7 @@ class ViewOptions(BaseModel):
         None, min_length=1, max_length=MAX_CLASSES, description="one weight per class, beside weight (MONAI MeanEnsemble)")
     bn_images: str | None = None
 
-    @field_validator("model_kwargs")
+    @field_validator("model_kwargs", "factory_kwargs")
     @classmethod
     def _kwargs_bounded(cls, v: dict) -> dict:
         check_model_kwargs(v)
@@ -168,6 +172,20 @@ class MemberSpec(ViewOptions):
     def _onnx_output_fits(self) -> MemberSpec:
         if self.onnx_output != "logits" and self.onnx is None:
             raise ValueError("onnx_output: describes an onnx member's output (checkpoint members are exported as logits)")
+        return self
+
+    @model_validator(mode="after")
+    def _factory_trusted(self) -> MemberSpec:
+        if self.factory is None:
+            if self.factory_kwargs or self.code_path:
+                raise ValueError("factory_kwargs and code_path: only with factory (a team's own model)")
+            return self
+        if not self.trust_code:
+            module = self.factory.split(":")[0]
+            raise ValueError(f"factory: importing {module} runs its code; set trust_code: true on this member if you trust it "
+                             f"(the module is imported from {self.code_path or 'the Python path'})")
+        if self.arch or self.encoder or self.model_kwargs or self.framework != "smp" or self.onnx is not None:
+            raise ValueError("factory: the function builds the model; leave out arch, encoder, model_kwargs, framework and onnx")
         return self
 
     @model_validator(mode="after")
@@ -377,7 +395,7 @@ def _resolve_paths(member: MemberSpec, base: Path) -> MemberSpec:
         value = getattr(member, key)
         if value is not None:
             update[key] = [fix(v) for v in value] if isinstance(value, list) else fix(value)
-    for key in ("bn_images", "preprocess"):
+    for key in ("bn_images", "preprocess", "code_path"):
         if getattr(member, key):
             update[key] = fix(getattr(member, key))
     return member.model_copy(update=update)

@@ -115,6 +115,9 @@ def _build_model(plan: Plan, index: int, member: MemberSpec, k: int, out: Path) 
     # a binary member may have one logit or a softmax pair: its checkpoint says which
     spec = PartialSpec(member.arch, member.encoder, None if plan.task == "binary" else len(plan.classes), member.in_channels,
                        member.model_kwargs, member.framework)
+    if member.factory:  # a team's own model (the plan checked trust_code)
+        spec = PartialSpec(member.factory, None, spec.classes, 3, {"factory_kwargs": member.factory_kwargs, "code_path": member.code_path},
+                           "factory")
     note = None
     if member.axis == "swa":
         loaded = average_checkpoints([Path(s) for s in sources], spec, trust_pickle=member.trust_pickle)
@@ -148,11 +151,22 @@ def _cache_key(plan: Plan, member: MemberSpec, sources: list[str]) -> str:
     fields = {
         "sources": [file_sha256(Path(s)) for s in sources], "axis": member.axis, "arch": member.arch, "encoder": member.encoder,
         **({"framework": member.framework} if member.framework != "smp" else {}),  # smp keys as before: old exports stay reusable
+        **({"factory": [member.factory, member.factory_kwargs, _folder_hash(member.code_path)]} if member.factory else {}),
         "classes": list(plan.classes), "in_channels": member.in_channels, "mean": member.mean, "std": member.std,
         "stride": member.stride, "input_size": member.input_size, "opset": OPSET, "model_kwargs": member.model_kwargs,
         "bn_images": _folder_fingerprint(member.bn_images) if member.bn_images else None,
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _folder_hash(folder: str | None) -> str | None:
+    """The factory's code folder by its Python files' content (not __pycache__): an edited module is a new model."""
+    if not folder or not Path(folder).is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(Path(folder).rglob("*.py")):
+        digest.update(file.relative_to(folder).as_posix().encode() + file.read_bytes())
+    return digest.hexdigest()
 
 
 def _folder_fingerprint(folder: str) -> list:

@@ -256,6 +256,8 @@ def _strip_prefixes(state: dict) -> dict:
 def _complete_spec(path: Path, want: PartialSpec, carried: PartialSpec, state: dict) -> ModelSpec:
     if want.framework == "torchvision":
         return _torchvision_spec(path, want, state)
+    if want.framework == "factory":
+        return ModelSpec(want.arch or "", "", int(want.classes or 1), 3, dict(want.extra or {}), "factory")
     arch = want.arch or carried.arch
     encoder = want.encoder or carried.encoder
     if not arch or not encoder:
@@ -284,7 +286,22 @@ def _build_and_load(path: Path, spec: ModelSpec, state: dict, form: str) -> Load
     model = create_model(spec)
     _check_keys(path, spec, model.state_dict(), state)
     model.load_state_dict(state, strict=True)
+    if spec.framework == "factory":  # its class count is what it outputs
+        spec = replace(spec, classes=_probe_channels(model, path, spec))
     return LoadedModel(model.eval(), replace(spec, arch=resolve_arch(spec.arch, spec.framework)), path, file_sha256(path), form)
+
+
+def _probe_channels(model, path: Path, spec: ModelSpec) -> int:
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, spec.in_channels, 64, 64))
+    except Exception as exc:  # the team's own forward
+        raise CheckpointError(f"{path}: factory {spec.arch} fails on a 1x{spec.in_channels}x64x64 input: {first_line(exc)}") from None
+    if out.ndim != 4:
+        raise CheckpointError(f"{path}: factory {spec.arch} outputs shape {tuple(out.shape)}; expected logits (N, C, H, W)")
+    return int(out.shape[1])
 
 
 def _check_keys(path: Path, spec: ModelSpec, expected: dict, got: dict) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from segensemble.errors import CheckpointError, first_line
 
-FRAMEWORKS = ("smp", "torchvision", "transformers")
+FRAMEWORKS = ("smp", "torchvision", "transformers", "factory")
 # torchvision.models.segmentation's builders: the backbone is part of the name; output "out" is full-size logits
 TORCHVISION_ARCHS = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
                      "lraspp_mobilenet_v3_large")
@@ -26,7 +26,7 @@ class ModelSpec:
     framework: str = "smp"
 
     def describe(self) -> str:
-        if self.framework in ("torchvision", "transformers"):
+        if self.framework in ("torchvision", "transformers", "factory"):
             return f"{self.framework} {self.arch} ({self.classes} classes)"
         return f"{self.arch}/{self.encoder} ({self.classes} classes, {self.in_channels} in-channels)"
 
@@ -43,8 +43,8 @@ def list_architectures() -> list[str]:
 
 def resolve_arch(name: str, framework: str = "smp") -> str:
     """Canonical architecture name for ``name`` (case-insensitive), or an error listing the valid ones."""
-    if framework == "transformers":
-        return name  # the class a save_pretrained folder names (its config.json's architectures)
+    if framework in ("transformers", "factory"):
+        return name  # the class a save_pretrained folder names; a factory's "module:function"
     if framework == "torchvision":
         if name.lower() not in TORCHVISION_ARCHS:
             raise CheckpointError(f"unknown torchvision segmentation model {name!r}; available: {', '.join(TORCHVISION_ARCHS)}")
@@ -60,6 +60,8 @@ def create_model(spec: ModelSpec):
     """Build the model for ``spec`` with random weights (never downloads: encoder_weights=None, weights=None)."""
     if spec.framework == "torchvision":
         return _torchvision_model(spec)
+    if spec.framework == "factory":
+        return _factory_model(spec)
     if spec.framework == "transformers":
         raise CheckpointError(f"{spec.describe()}: a Hugging Face member loads its save_pretrained folder (no random build)")
     arch = resolve_arch(spec.arch)
@@ -121,3 +123,47 @@ def hf_logits_module(net):
             return self.net(pixel_values=x).logits
 
     return Logits(net).eval()
+
+
+def _factory_model(spec: ModelSpec):
+    """A team's own model: ``module:function`` imported (from ``code_path`` when given) and called with the
+    plan's factory_kwargs. The plan refuses this without ``trust_code: true``: importing code runs it."""
+    import importlib
+    import sys
+
+    module_name, function = spec.arch.split(":")
+    path = spec.extra.get("code_path")
+    if path and path not in sys.path:
+        sys.path.insert(0, path)
+    try:
+        factory = getattr(importlib.import_module(module_name), function)
+        model = factory(**spec.extra.get("factory_kwargs", {}))
+    except Exception as exc:  # the team's own code: any error, named with the factory
+        raise CheckpointError(f"factory {spec.arch} (from {path or 'the Python path'}): {type(exc).__name__}: {first_line(exc)}") from None
+    return _tensor_out_class()(model).eval()
+
+
+def _tensor_out_class():
+    import torch
+
+    class TensorOut(torch.nn.Module):
+        """The model's output as one logits tensor: a dict's "out", an object's .logits, or the tensor itself; the
+        state_dict's keys are the model's own."""
+
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            y = self.net(x)
+            if isinstance(y, dict):
+                y = y["out"]
+            return getattr(y, "logits", y)
+
+        def state_dict(self, *args, **kwargs):
+            return self.net.state_dict(*args, **kwargs)
+
+        def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+            return self.net.load_state_dict(state, strict=strict, assign=assign)
+
+    return TensorOut
