@@ -16,7 +16,8 @@ RUNTIME = [
 
 def test_runtime_modules_do_not_import_torch():
     code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in RUNTIME) + \
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'segmentation_models_pytorch', 'timm', 'torchvision', 'transformers'))\n" \
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in\n" \
+        "             ('torch', 'segmentation_models_pytorch', 'timm', 'torchvision', 'transformers'))\n" \
         "assert not bad, bad[:5]\nprint('ok')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
