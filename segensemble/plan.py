@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
 from segensemble.cost import Budget, image_cost
 from segensemble.errors import PlanError
-from segensemble.names import safe_name
+from segensemble.names import did_you_mean, safe_name
 from segensemble.postprocess import PostProcess, PostProcessSpec
 from segensemble.profiles import Profile, TtaName, apply_profile
 from segensemble.task import DEFAULT_THRESHOLD, Fusion, TaskName, VoteRule
@@ -330,7 +330,8 @@ def parse_plan(raw: object, base_dir: Path, source: Path | None = None) -> Plan:
         raise PlanError(f"{where}the plan must be a mapping with classes, defaults and members")
     unknown = sorted(set(raw) - set(TOP_LEVEL))
     if unknown:
-        raise PlanError(f"{where}{unknown[0]}: unknown top-level field; expected {', '.join(TOP_LEVEL)}")
+        raise PlanError(f"{where}{unknown[0]}: unknown top-level field{did_you_mean(str(unknown[0]), list(TOP_LEVEL))}; "
+                        f"expected {', '.join(TOP_LEVEL)}")
     defaults = _validate(ViewOptions, raw.get("defaults") or {}, ("defaults",), where)
     members_raw = raw.get("members")
     if not isinstance(members_raw, list) or not members_raw:
@@ -364,19 +365,41 @@ def check_class_weights(members: list, classes: list[str], where: str) -> None:
 
 
 def _validate(model: type[BaseModel], data: dict, prefix: tuple, where: str):
+    """``model`` from ``data``; every problem found is reported at once, each with its YAML path (and, for an
+    unknown field, the nearest known names)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        field, _, rest = msg.partition(": ")
-        extra = (field,) if rest and field in model.model_fields else ()  # model-level checks name their field
-        loc = _yaml_path(prefix + tuple(err["loc"]) + extra)
-        msg = rest if extra else msg
-        msg = msg.replace("Input should be greater than", "must be >").replace("Extra inputs are not permitted", "unknown field")
-        if err["type"] == "literal_error":
-            msg = f"{msg} (got {err['input']!r})"
-        raise PlanError(f"{where}{loc}: {msg}") from None
+        problems = [_problem(model, err, prefix) for err in exc.errors()]
+        if len(problems) == 1:
+            raise PlanError(f"{where}{problems[0]}") from None
+        raise PlanError(f"{where}{len(problems)} problems:\n  " + "\n  ".join(problems)) from None
+
+
+def _problem(model: type[BaseModel], err: dict, prefix: tuple) -> str:
+    msg = err["msg"].removeprefix("Value error, ")
+    field, _, rest = msg.partition(": ")
+    extra = (field,) if rest and field in model.model_fields else ()  # model-level checks name their field
+    loc = _yaml_path(prefix + tuple(err["loc"]) + extra)
+    msg = rest if extra else msg
+    msg = msg.replace("Input should be greater than", "must be >").replace("Extra inputs are not permitted", "unknown field")
+    if err["type"] == "literal_error":
+        msg = f"{msg} (got {err['input']!r})"
+    if err["type"] == "extra_forbidden" and err["loc"]:
+        owner = _owner(model, err["loc"][:-1])
+        msg += did_you_mean(str(err["loc"][-1]), list(owner.model_fields) if owner else [])
+    return f"{loc}: {msg}"
+
+
+def _owner(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The model class that the field at ``loc`` (inside ``model``) belongs to: members' entries are MemberSpec."""
+    if not loc:
+        return model
+    if loc[0] == "members":
+        return MemberSpec
+    if loc[0] == "defaults":
+        return ViewOptions
+    return None
 
 
 def _yaml_path(loc: tuple) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segensemble.errors import CheckpointError, first_line
+from segensemble.names import did_you_mean
 
 FRAMEWORKS = ("smp", "torchvision", "transformers", "factory")
 # torchvision.models.segmentation's builders: the backbone is part of the name; output "out" is full-size logits
@@ -52,7 +53,7 @@ def resolve_arch(name: str, framework: str = "smp") -> str:
     archs = _architectures()
     by_lower = {k.lower(): k for k in archs}
     if name.lower() not in by_lower:
-        raise CheckpointError(f"unknown architecture {name!r}; available: {', '.join(sorted(archs))}")
+        raise CheckpointError(f"unknown architecture {name!r}{did_you_mean(name, sorted(archs))}; available: {', '.join(sorted(archs))}")
     return by_lower[name.lower()]
 
 
@@ -75,7 +76,7 @@ def create_model(spec: ModelSpec):
             **spec.extra,
         )
     except (KeyError, ValueError, TypeError, AttributeError, AssertionError, IndexError, RuntimeError) as exc:  # smp's own checks
-        raise CheckpointError(f"cannot build {spec.describe()}: {first_line(exc)}") from None
+        raise CheckpointError(f"cannot build {spec.describe()}: {_encoder_hint(spec.encoder) or first_line(exc)}") from None
     return model.eval()
 
 
@@ -167,3 +168,14 @@ def _tensor_out_class():
             return self.net.load_state_dict(state, strict=strict, assign=assign)
 
     return TensorOut
+
+
+def _encoder_hint(encoder: str) -> str | None:
+    """For an encoder smp does not know: the nearest names by edit distance, not smp's list of hundreds."""
+    import segmentation_models_pytorch as smp
+
+    names = list(smp.encoders.get_encoder_names())
+    if encoder in names or encoder.startswith("tu-"):
+        return None
+    return (f"unknown encoder {encoder!r}{did_you_mean(encoder, names)} (smp has {len(names)}; timm's as tu-<name>; list them with "
+            "python -c \"import segmentation_models_pytorch as smp; print(smp.encoders.get_encoder_names())\")")

@@ -1,0 +1,45 @@
+"""A newcomer's messages (issue 26): suggestions by edit distance, every plan problem at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from segensemble.errors import CheckpointError, PlanError
+from segensemble.plan import parse_plan
+
+
+@pytest.fixture
+def folder(tmp_path):
+    (tmp_path / "a.pth").write_bytes(b"")
+    return tmp_path
+
+
+def test_an_unknown_member_field_suggests_the_nearest(folder):
+    with pytest.raises(PlanError, match=r"members\[0\]\.fold: unknown field; did you mean 'folds'\?"):
+        parse_plan({"classes": ["a"], "members": [{"name": "m", "checkpoint": "a.pth", "fold": 1}]}, folder)
+    with pytest.raises(PlanError, match=r"defaults\.scale: unknown field; did you mean 'scales'\?"):
+        parse_plan({"classes": ["a"], "defaults": {"scale": [1.0]}, "members": [{"name": "m", "checkpoint": "a.pth"}]}, folder)
+
+
+def test_an_unknown_top_level_field_suggests_the_nearest(folder):
+    with pytest.raises(PlanError, match=r"member: unknown top-level field; did you mean 'members'\?"):
+        parse_plan({"classes": ["a"], "member": []}, folder)
+
+
+def test_every_plan_problem_is_reported_at_once(folder):
+    raw = {"classes": ["a"], "members": [{"name": "m", "checkpoint": "a.pth", "scales": [0], "tta": ["hflipp"], "wieght": 2}]}
+    with pytest.raises(PlanError) as info:
+        parse_plan(raw, folder)
+    text = str(info.value)
+    assert text.startswith("3 problems:")
+    assert "members[0].scales[0]: must be > 0" in text and "(got 'hflipp')" in text and "did you mean 'weight'?" in text
+
+
+def test_a_misspelt_encoder_or_architecture_gets_the_nearest_names():
+    from segensemble.models.registry import ModelSpec, create_model, resolve_arch
+
+    with pytest.raises(CheckpointError, match=r"unknown encoder 'resnt34'; did you mean 'resnet34'") as info:
+        create_model(ModelSpec("Unet", "resnt34", 3))
+    assert len(str(info.value)) < 400  # not smp's list of every encoder
+    with pytest.raises(CheckpointError, match=r"unknown architecture 'Unett'; did you mean 'Unet'"):
+        resolve_arch("Unett")
