@@ -43,3 +43,34 @@ def test_a_misspelt_encoder_or_architecture_gets_the_nearest_names():
     assert len(str(info.value)) < 400  # not smp's list of every encoder
     with pytest.raises(CheckpointError, match=r"unknown architecture 'Unett'; did you mean 'Unet'"):
         resolve_arch("Unett")
+
+
+def test_pseudo_label_finds_the_background_as_evaluate_does():
+    from segensemble.jobs.pseudo_label import resolve_background
+
+    camvid = ["Sky", "Building", "Road"]
+    value, said = resolve_background("auto", camvid)
+    assert value is None and "class 0 is 'Sky', not a background name, so every class counts" in said
+    value, said = resolve_background("auto", ["Background", "Car"])
+    assert value == 0 and "class 0 'Background' (its name" in said
+    assert resolve_background(None, ["Background", "Car"])[0] is None
+    assert resolve_background(1, ["Background", "Car"]) == (1, "background: class 1 'Car' (--background)")
+
+
+def test_pseudo_labels_of_images_already_in_the_train_file_are_not_merged_twice(built, data, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "segensemble.cli", "pseudo-label", str(data["train"].images), "--build", str(built["dir"]),
+                           "-o", str(tmp_path / "pseudo.json"), "--min-prob", "0.3", "--max-uncertain", "0.9", "--merge",
+                           str(data["train"].coco), "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    kept = len(json.loads((tmp_path / "pseudo.json").read_text())["images"])
+    assert kept > 0
+    assert f"{kept} kept images are already in the train file" in done.stdout
+    assert "background: class 0 'Background' (its name" in done.stdout
+    merged = json.loads((tmp_path / "pseudo.merged.json").read_text())
+    train = json.loads(data["train"].coco.read_text())
+    assert len(merged["images"]) == len(train["images"])
+    assert len({i["file_name"] for i in merged["images"]}) == len(merged["images"])

@@ -8,9 +8,9 @@ from segensemble.commands.common import add_dist_flags, add_runtime_flags, image
 from segensemble.errors import SegEnsembleError
 
 
-def _background(text: str) -> int | None:
-    if text.lower() == "none":
-        return None
+def _background(text: str) -> int | None | str:
+    if text.lower() in ("none", "auto"):
+        return text.lower() if text.lower() == "auto" else None
     try:
         return int(text)
     except ValueError:
@@ -30,7 +30,8 @@ def add(sub) -> None:
     p.add_argument("--min-prob", type=float, default=0.8, help="a pixel is uncertain when its max probability is <= this (default 0.8)")
     p.add_argument("--max-uncertain", type=float, default=0.1, help="drop an image when more than this share of its "
                    "non-background pixels is uncertain (default 0.1; a share equal to it is kept)")
-    p.add_argument("--background", default="0", help="background class id, or none when the dataset has none (default 0)")
+    p.add_argument("--background", default="auto", help="background class id, none when the dataset has none, or auto "
+                   "(default): class 0 when its name says background (background, bg, ...), as evaluate decides, else none")
     p.add_argument("--keep-empty", action="store_true", help="keep images with no non-background pixel (as all background)")
     p.add_argument("--ignore-uncertain", action="store_true", help="pixel-level option: in kept images set uncertain pixels "
                    "to --ignore-index (in the PNG masks; COCO cannot express ignore, so they are left unannotated there)")
@@ -53,14 +54,20 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from segensemble.jobs.pseudo_label import PseudoOptions, default_report, pseudo_label
+    from dataclasses import replace
+
+    from segensemble.jobs.pseudo_label import PseudoOptions, default_report, pseudo_label, resolve_background
     from segensemble.jobs.pseudo_rule import PseudoRule
 
-    rule = PseudoRule(args.min_prob, args.max_uncertain, _background(args.background), args.keep_empty,
+    background = _background(args.background)
+    rule = PseudoRule(args.min_prob, args.max_uncertain, None if background == "auto" else background, args.keep_empty,
                       args.ignore_uncertain, args.ignore_index)
     _check(rule, 10**6)  # range checks before any model loads; the class-id check runs once classes are known
     engine = open_engine(args)
-    _check(rule, len(engine.classes))
+    classes = engine.classes
+    _check(replace(rule, background=None if background in ("auto", None) else background), len(classes))
+    value, said = resolve_background(background, classes)
+    rule = replace(rule, background=value)
     options = PseudoOptions(
         output=args.output, rule=rule, merge_with=args.merge, merged_output=args.merged_output, merge_root=args.merge_root,
         images_root=args.images, masks_dir=args.save_masks,
@@ -69,6 +76,7 @@ def run(args) -> int:
         inputs=(args.coco,) if args.coco else (),
     )
     summary = pseudo_label(engine, image_refs(args, {"--save-masks": args.save_masks}), options)
+    summary.background = "" if engine.fusion.sigmoid else said
     print(summary.describe())
     for image_id, reason in summary.skipped:
         print(f"skipped {image_id}: {reason}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +70,10 @@ def assemble(records: list[dict], cats: list[dict]) -> dict:
     return {"images": images, "annotations": anns, "categories": cats}
 
 
-def merge(base: dict, extra: dict, source: str, base_prefix: str = "") -> dict:
-    """base + extra with extra's image and annotation ids shifted past base's; categories matched by name;
-    ``base_prefix`` is prepended to base's file_names (both rebased onto one image root)."""
+def merge(base: dict, extra: dict, source: str, base_prefix: str = "") -> tuple[dict, list[str]]:
+    """(base + extra, the file_names of extra's images that base already has, left out with their annotations):
+    extra's image and annotation ids shifted past base's; categories matched by name; ``base_prefix`` is
+    prepended to base's file_names (both rebased onto one image root)."""
     by_name = {c["name"].lower(): c["id"] for c in base.get("categories", [])}
     remap = {}
     for cat in extra["categories"]:
@@ -81,12 +83,14 @@ def merge(base: dict, extra: dict, source: str, base_prefix: str = "") -> dict:
     img_off = max((i["id"] for i in base.get("images", [])), default=0)
     ann_off = max((a["id"] for a in base.get("annotations", [])), default=0)
     images = [{**i, "file_name": base_prefix + i["file_name"]} for i in base.get("images", [])]
-    images += [{**i, "id": i["id"] + img_off} for i in extra["images"]]
+    known = {os.path.normpath(i["file_name"]) for i in images}
+    duplicate = {i["id"] for i in extra["images"] if os.path.normpath(i["file_name"]) in known}
+    images += [{**i, "id": i["id"] + img_off} for i in extra["images"] if i["id"] not in duplicate]
     anns = base.get("annotations", []) + [
         {**a, "id": a["id"] + ann_off, "image_id": a["image_id"] + img_off, "category_id": remap[a["category_id"]]}
-        for a in extra["annotations"]
+        for a in extra["annotations"] if a["image_id"] not in duplicate
     ]
-    return {**base, "images": images, "annotations": anns}
+    return {**base, "images": images, "annotations": anns}, [i["file_name"] for i in extra["images"] if i["id"] in duplicate]
 
 
 def read_json(path: Path) -> dict:

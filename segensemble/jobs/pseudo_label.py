@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from segensemble.errors import ImageError, SegEnsembleError
 from segensemble.formats.atomic import write_atomic
+from segensemble.formats.coco import has_background
 from segensemble.formats.coco_roots import MergedRoot, check_resolves, find_image_root, merged_root, rebase
 from segensemble.formats.coco_writer import assemble, categories, image_annotations, mask_annotations, merge, read_json
 from segensemble.formats.images import ImageRef
@@ -66,10 +67,29 @@ class PseudoSummary:
     shares: list[float] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
     merged_root: Path | None = None  # the image root of the merged file
+    duplicates: list[str] = field(default_factory=list)  # kept images the train file already had: not merged again
+    background: str = ""  # how the background class was chosen
 
     def describe(self) -> str:
-        return (f"kept {self.kept}, dropped {self.dropped}" + (f", skipped {len(self.skipped)}" if self.skipped else "")
-                + "\nuncertain share per image:\n" + share_histogram(self.shares))
+        text = (f"kept {self.kept}, dropped {self.dropped}" + (f", skipped {len(self.skipped)}" if self.skipped else "")
+                + (f"\n{self.background}" if self.background else ""))
+        if self.duplicates:
+            text += (f"\n{len(self.duplicates)} kept images are already in the train file (e.g. {self.duplicates[0]}): "
+                     "left out of the merged file, not added twice")
+        return text + "\nuncertain share per image:\n" + share_histogram(self.shares)
+
+
+def resolve_background(choice: int | None | str, classes: list[str]) -> tuple[int | None, str]:
+    """The background class id (None: every class counts) for ``--background`` (an id, None, or "auto": class 0
+    when its name says background, as evaluate decides), and the summary's line saying which and why."""
+    if choice == "auto":
+        if has_background(classes):
+            return 0, f"background: class 0 {classes[0]!r} (its name; --background none counts it as a class)"
+        return None, (f"background: none (class 0 is {classes[0]!r}, not a background name, so every class counts; "
+                      "--background 0 makes it the background)")
+    if choice is None:
+        return None, "background: none (--background none)"
+    return int(choice), f"background: class {choice} {classes[int(choice)]!r} (--background)"
 
 
 def pseudo_label(engine: Runner, refs: list[ImageRef], options: PseudoOptions) -> PseudoSummary:
@@ -192,7 +212,7 @@ def _finish(records: list[dict], classes: list[str], options: PseudoOptions, mer
         train, where = merging
         rebased = {**coco, "images": [{**i, "file_name": rebase(options.images_root, kept_name, where.root)}
                                       for i, kept_name in zip(coco["images"], kept_names)]}
-        merged = merge(train, rebased, str(options.merge_with), where.train_prefix)
+        merged, summary.duplicates = merge(train, rebased, str(options.merge_with), where.train_prefix)
         merged_path = options.merged_path
         check_resolves(merged, where.root, str(merged_path))
         _write_json(merged_path, merged)
