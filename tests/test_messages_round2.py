@@ -74,3 +74,19 @@ def test_pseudo_labels_of_images_already_in_the_train_file_are_not_merged_twice(
     train = json.loads(data["train"].coco.read_text())
     assert len(merged["images"]) == len(train["images"])
     assert len({i["file_name"] for i in merged["images"]}) == len(merged["images"])
+
+
+@pytest.mark.parametrize("layout", ["images beside the json", "the root's parent"])
+def test_a_wrong_image_root_gets_a_hint_where_datasets_put_images(tmp_path, layout):
+    import json
+
+    from segensemble.errors import SegEnsembleError
+    from segensemble.formats.coco import coco_images
+
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    (tmp_path / "images" / "val" / "f.png").write_bytes(b"png")
+    name, given = ("val/f.png", tmp_path / "images" / "val") if layout == "the root's parent" else ("val/f.png", tmp_path / "wrong")
+    coco = tmp_path / "val.json"
+    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": name, "height": 1, "width": 1}], "annotations": [], "categories": []}))
+    with pytest.raises(SegEnsembleError, match=rf"{tmp_path / 'images'} holds 'val/f.png', so that is likely the root: --images"):
+        coco_images(coco, given)

@@ -57,9 +57,11 @@ def _check_root(refs: list[ImageRef], coco_path: Path, root: Path) -> None:
     as every image missing; a few missing images are left to the job (--skip-bad)."""
     if not refs or any(ref.path.is_file() for ref in refs):
         return
+    from segensemble.formats.coco_roots import likely_roots
+
     name = refs[0].image_id
-    nearby = [coco_path.parent, coco_path.parent / coco_path.stem, root / coco_path.stem]
-    hint = next((f"; {c} holds {name!r}, so that is likely the root" for c in nearby if (c / name).is_file()), "")
+    hint = next((f"; {c} holds {name!r}, so that is likely the root: --images {c}" for c in likely_roots(coco_path, root)
+                 if c != root and (c / name).is_file()), "")
     raise SegEnsembleError(f"{coco_path}: none of its {len(refs)} images is under the image root {root} (no {root / name}); "
                            f"COCO file_names are relative to the image root{hint}")
 

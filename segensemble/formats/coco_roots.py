@@ -21,10 +21,21 @@ class MergedRoot:
     train_prefix: str  # prepended to the train file's names ("" when the train root is the merged root)
 
 
+def likely_roots(coco_path: Path, given: Path | None = None) -> list[Path]:
+    """Where datasets put a COCO file's images: beside it, in the folder named after it (``train.json`` beside
+    ``train/``), in an ``images/`` folder beside it (or its sub-folder named after the file), and, when a root
+    was given, its parent (``--images data/images/val`` for file_names that start with ``val/``)."""
+    parent, stem = coco_path.parent, coco_path.stem
+    found = [parent, parent / stem, parent / "images", parent / "images" / stem]
+    if given is not None:
+        found += [Path(given).parent, Path(given) / stem]
+    return list(dict.fromkeys(found))
+
+
 def find_image_root(coco: dict, coco_path: Path, given: Path | None = None) -> Path:
-    """The folder ``coco``'s file_names open from: ``given``, else its file's folder or the folder named
-    after it (``train.json`` beside ``train/``), whichever holds every image."""
-    candidates = [Path(given)] if given else [coco_path.parent, coco_path.parent / coco_path.stem]
+    """The folder ``coco``'s file_names open from: ``given``, else the first of ``likely_roots`` that holds
+    every image."""
+    candidates = [Path(given)] if given else likely_roots(coco_path)
     names = [img["file_name"] for img in coco.get("images", [])]
     for root in candidates:
         missing = [n for n in names if not (root / n).is_file()]
