@@ -225,6 +225,9 @@ class Build:
 
 def read_manifest(build_dir: str | Path) -> Manifest:
     path = Path(build_dir) / MANIFEST_NAME
+    if Path(build_dir).is_file() and Path(build_dir).suffix.lower() in (".yaml", ".yml"):
+        raise SegEnsembleError(f"{build_dir}: a plan, not a build directory; pass it as --plan {build_dir} (built into build/ "
+                               f"beside it), or build it first: `ensemble build {build_dir} -o build/` and pass --build build/")
     if not path.is_file():
         raise SegEnsembleError(f"{build_dir}: not a build directory (no {MANIFEST_NAME}); run `ensemble build plan.yaml -o {build_dir}`")
     try:

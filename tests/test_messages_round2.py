@@ -90,3 +90,27 @@ def test_a_wrong_image_root_gets_a_hint_where_datasets_put_images(tmp_path, layo
     coco.write_text(json.dumps({"images": [{"id": 1, "file_name": name, "height": 1, "width": 1}], "annotations": [], "categories": []}))
     with pytest.raises(SegEnsembleError, match=rf"{tmp_path / 'images'} holds 'val/f.png', so that is likely the root: --images"):
         coco_images(coco, given)
+
+
+def test_a_plan_given_as_build_says_to_pass_it_as_plan(tmp_path):
+    from conftest import cli
+
+    (tmp_path / "plan.yaml").write_text("classes: [a]\n")
+    (tmp_path / "imgs").mkdir()
+    done = cli("predict", tmp_path / "imgs", "--build", tmp_path / "plan.yaml", "-o", tmp_path / "x.csv")
+    assert done.returncode != 0
+    assert f"a plan, not a build directory; pass it as --plan {tmp_path / 'plan.yaml'}" in done.stderr
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_an_image_refused_for_its_size_says_to_skip_it_not_only_to_resume(built, tmp_path):
+    import numpy as np
+    from conftest import cli
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((64, 80, 3), np.uint8)).save(tmp_path / "imgs" / "a.png")
+    Image.fromarray(np.zeros((640, 800, 3), np.uint8)).save(tmp_path / "imgs" / "b.png")
+    done = cli("predict", tmp_path / "imgs", "--build", built["dir"], "-o", tmp_path / "sub.csv", "--max-cost", "1", "--quiet")
+    assert done.returncode != 0 and "b.png" in done.stderr
+    assert "rerun with --resume --skip-bad to continue after them and skip that image" in done.stderr

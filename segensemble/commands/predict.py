@@ -59,8 +59,8 @@ def run(args) -> int:
                              args.skip_bad, not args.quiet, inputs=(args.coco,) if args.coco else ())
     try:
         s = predict_to_files(engine, refs, options)
-    except (SegEnsembleError, KeyboardInterrupt, OSError):  # OSError: e.g. the disk is full
-        _say_what_is_kept(csv_path)
+    except (SegEnsembleError, KeyboardInterrupt, OSError) as exc:  # OSError: e.g. the disk is full
+        _say_what_is_kept(csv_path, exc)
         raise
     print(f"predicted {s.predicted} of {s.total} images in {s.seconds:.1f}s ({s.images_per_second:.2f} img/s, "
           f"{engine.describe()})"
@@ -73,11 +73,15 @@ def run(args) -> int:
     return 0
 
 
-def _say_what_is_kept(csv_path: Path | None) -> None:
+def _say_what_is_kept(csv_path: Path | None, exc: BaseException) -> None:
+    """Where the rows written so far are, and how to go on: a bad image stops a rerun the same way, so it
+    needs --skip-bad (or the limit raised) as well as --resume."""
+    from segensemble.errors import ImageError
     from segensemble.formats.submission import partial_path
 
     partial = partial_path(csv_path) if csv_path else None
     if partial and partial.is_file():
         rows = max(0, partial.read_bytes().count(b"\n") - 1)
-        print(f"stopped: the {rows} rows written so far are kept in {partial}; rerun with --resume to continue after them",
-              file=sys.stderr)
+        how = ("rerun with --resume --skip-bad to continue after them and skip that image (or fix it, or raise the limit named "
+               "above)") if isinstance(exc, ImageError) else "rerun with --resume to continue after them"
+        print(f"stopped: the {rows} rows written so far are kept in {partial}; {how}", file=sys.stderr)
