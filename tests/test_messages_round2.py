@@ -114,3 +114,10 @@ def test_an_image_refused_for_its_size_says_to_skip_it_not_only_to_resume(built,
     done = cli("predict", tmp_path / "imgs", "--build", built["dir"], "-o", tmp_path / "sub.csv", "--max-cost", "1", "--quiet")
     assert done.returncode != 0 and "b.png" in done.stderr
     assert "rerun with --resume --skip-bad to continue after them and skip that image" in done.stderr
+
+
+def test_the_build_summary_explains_clear_pixels(built):
+    from segensemble.export.verify_graph import describe
+
+    lines = describe(built["result"].manifest.graphs)
+    assert all("of the pixels clear of a tie (top two classes, or P and a threshold, more than 0.0002 apart)" in line for line in lines)

@@ -156,5 +156,6 @@ def describe(entries: dict[str, GraphEntry]) -> list[str]:
         sizes = ", ".join(f"{h}x{w}" for h, w in v.sizes)
         batch = f" and a batch of {v.batch}" if v.batch > 1 else ""
         lines.append(f"{e.file}{' (profile ' + name + ')' if name else ''}: vs reference loop max |ΔP| {v.max_abs_prob:.1e}, "
-                     f"labels {v.labels_agree:.2%} of clear pixels, at {sizes}{batch}")
+                     f"labels agree on {v.labels_agree:.2%} of the pixels clear of a tie (top two classes, or P and a "
+                     f"threshold, more than {2 * MAX_ABS_PROB:g} apart), at {sizes}{batch}")
     return lines
