@@ -121,3 +121,11 @@ def test_the_build_summary_explains_clear_pixels(built):
 
     lines = describe(built["result"].manifest.graphs)
     assert all("of the pixels clear of a tie (top two classes, or P and a threshold, more than 0.0002 apart)" in line for line in lines)
+
+
+def test_progress_bars_stay_out_of_piped_logs(built, data, tmp_path):
+    from conftest import cli
+
+    done = cli("predict", data["test"].images, "--build", built["dir"], "-o", tmp_path / "sub.csv")  # no --quiet; stderr is a pipe
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and "img/s]" not in done.stderr

@@ -29,6 +29,7 @@ from segensemble.models.checkpoints import PartialSpec, load_checkpoint
 from segensemble.models.swa import SwaReport, average_checkpoints, bn_batches, recalibrate_bn
 from segensemble.names import safe_name
 from segensemble.plan import MemberSpec, Plan
+from segensemble.progress import bar_off
 from segensemble.task import member_channels_ok
 
 
@@ -51,7 +52,7 @@ def build(plan: Plan, out_dir: str | Path, *, providers: list[str] | None = None
     notes: list[str] = []
     members = []
     jobs = [(i, m, k) for i, m in enumerate(plan.members) for k in range(1 if m.axis == "swa" else len(m.sources))]
-    bar = tqdm(total=len(jobs), desc="export", unit="model", disable=quiet)
+    bar = tqdm(total=len(jobs), desc="export", unit="model", disable=bar_off(not quiet))
     try:
         for i, member in enumerate(plan.members):
             entries = []

@@ -15,6 +15,7 @@ from segensemble.formats.coco import IGNORE, category_map, class_masks, coco_ima
 from segensemble.formats.images import ImageRef, list_images, read_image
 from segensemble.formats.masks import mask_files
 from segensemble.jobs.metrics import DiceMeter, IouMeter
+from segensemble.progress import bar_off
 from segensemble.runtime.engine import LABELS, MASKS, MEMBERS, Runner, Want
 
 ENSEMBLE = "ensemble"
@@ -38,7 +39,7 @@ def evaluate(engine: Runner, coco_path: Path, image_root: Path, options: Evaluat
     unlabeled = unlabeled_value(options.unlabeled, classes)
     refs = coco_images(coco_path, image_root, coco)
     meters = {name: IouMeter(len(classes)) for name in [ENSEMBLE, *(m.name for m in engine.members)]}
-    bar = tqdm(total=len(refs), unit="img", desc="evaluate", disable=not options.progress)
+    bar = tqdm(total=len(refs), unit="img", desc="evaluate", disable=bar_off(options.progress))
     for ref, result in engine.stream(refs, Want({LABELS, MEMBERS})):
         if isinstance(result, Exception):
             raise result
@@ -63,7 +64,7 @@ def evaluate_masks(engine: Runner, refs: list[ImageRef], truth, source: str, opt
     against ``truth(ref)``, (C, H, W) bool per image."""
     classes, thresholds = engine.classes, np.asarray(engine.fusion.thresholds)[:, None, None]
     meters = {name: DiceMeter(len(classes)) for name in [ENSEMBLE, *(m.name for m in engine.members)]}
-    bar = tqdm(total=len(refs), unit="img", desc="evaluate", disable=not options.progress)
+    bar = tqdm(total=len(refs), unit="img", desc="evaluate", disable=bar_off(options.progress))
     for ref, result in engine.stream(refs, Want({MASKS, MEMBERS})):
         if isinstance(result, Exception):
             raise result

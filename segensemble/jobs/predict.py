@@ -16,6 +16,7 @@ from segensemble.formats.images import ImageRef
 from segensemble.formats.masks import is_ours, mask_files, probs_path, save_masks, save_probs
 from segensemble.formats.paths import check_outputs
 from segensemble.formats.submission import LAYOUTS, SubmissionWriter, partial_path, resize_nearest
+from segensemble.progress import bar_off
 from segensemble.runtime.engine import LABELS, MASKS, PROBS, Runner, Want
 
 
@@ -55,7 +56,7 @@ def predict_to_files(engine: Runner, refs: list[ImageRef], options: PredictOptio
     todo = _remaining(refs, options, writer, engine)
     summary.resumed = len(refs) - len(todo)
     start = time.perf_counter()
-    bar = tqdm(total=len(refs), initial=summary.resumed, unit="img", desc="predict", disable=not options.progress)
+    bar = tqdm(total=len(refs), initial=summary.resumed, unit="img", desc="predict", disable=bar_off(options.progress))
     try:
         want = Want({LABELS, MASKS} | ({PROBS} if options.probs_dir else set()))
         for ref, result in engine.stream(todo, want):

@@ -24,6 +24,7 @@ from segensemble.formats.images import ImageRef
 from segensemble.formats.masks import is_ours, mask_files, save_mask, save_masks
 from segensemble.formats.paths import check_outputs
 from segensemble.jobs.pseudo_rule import PseudoRule, decide, decide_masks, share_histogram
+from segensemble.progress import bar_off
 from segensemble.runtime.engine import MASKS, PROBS, Runner, Want
 
 REPORT_HEADER = ["image", "nonbackground_pixels", "uncertain_pixels", "uncertain_share", "decision"]
@@ -109,7 +110,7 @@ def pseudo_label(engine: Runner, refs: list[ImageRef], options: PseudoOptions) -
     done = {r["image"] for r in records}
     todo = [r for r in refs if r.image_id not in done]
     options.output.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(refs), initial=len(records), unit="img", desc="pseudo-label", disable=not options.progress)
+    bar = tqdm(total=len(refs), initial=len(records), unit="img", desc="pseudo-label", disable=bar_off(options.progress))
     with open(journal_path, "a" if records else "w") as journal:
         for ref, result in engine.stream(todo, Want({PROBS, MASKS} if engine.fusion.sigmoid else {PROBS})):
             if isinstance(result, ImageError):

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from segensemble.formats.coco import IGNORE
 from segensemble.postprocess import PostProcess, apply
+from segensemble.progress import bar_off
 
 CANDIDATES = {"fill_holes": (0, 16, 64, 256, 1024), "min_area": (0, 16, 64, 256, 1024, 4096)}
 PRESENCE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -130,7 +131,7 @@ def tune(samples: list[Sample], classes: list[str], task: str, holdout: float = 
     searches = [(name, values) for name, values in CANDIDATES.items()]
     if task != "multiclass":
         searches.append(("presence", [(t, p) for t in PRESENCE_THRESHOLDS for p in PRESENCE_PIXELS]))
-    bar = tqdm(total=len(searches) * len(classes), desc="tune: search", unit="step", disable=not progress)
+    bar = tqdm(total=len(searches) * len(classes), desc="tune: search", unit="step", disable=bar_off(progress))
     for step, values in searches:
         for c, name in enumerate(classes):
             base = _score(samples, selection, steps, task, c).mean()
@@ -187,7 +188,8 @@ def collect(engine, coco_path, image_root, unlabeled: str | None = None, progres
     raw = engine.without_postprocess()
     fill = None if engine.fusion.sigmoid else unlabeled_value(unlabeled, engine.classes)
     samples = []
-    for ref, result in tqdm(raw.stream(refs, Want({LABELS, PROBS})), total=len(refs), desc="tune: images", unit="img", disable=not progress):
+    for ref, result in tqdm(raw.stream(refs, Want({LABELS, PROBS})), total=len(refs), desc="tune: images", unit="img",
+                            disable=bar_off(progress)):
         if isinstance(result, Exception):
             raise result
         if engine.fusion.sigmoid:

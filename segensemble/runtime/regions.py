@@ -11,13 +11,13 @@ equal the whole image run at once (the graph's tile grid is the whole image's; `
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 
 from segensemble.cost import ACTIVATION_BYTES_PER_PIXEL, Budget
 from segensemble.manifest import MemberEntry
+from segensemble.progress import bar_off
 from segensemble.tiles import region_tiles, seams
 from segensemble.views import TTA
 
@@ -88,7 +88,7 @@ def run_regions(graph, batch: np.ndarray, names: list[str], regions: list[Region
     hw = batch.shape[1:3]
     outputs: list[np.ndarray] | None = None
     bar = tqdm(total=sum(tiles_of(members, hw, r) for r in regions), unit="tile", desc=f"{hw[0]}x{hw[1]} image", delay=3,
-               leave=False, disable=not sys.stderr.isatty())
+               leave=False, disable=bar_off(True))
     with bar:
         for region in regions:
             parts = graph.run(batch, names, control, region)

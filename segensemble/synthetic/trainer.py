@@ -10,6 +10,7 @@ import numpy as np
 from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
 from segensemble.formats.images import read_image
 from segensemble.models.registry import ModelSpec, create_model
+from segensemble.progress import bar_off
 
 TINY_KWARGS = {
     "Unet": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
@@ -44,7 +45,7 @@ def train_tiny(spec: ModelSpec, images: np.ndarray, masks: np.ndarray, steps: in
     y_all = torch.from_numpy(masks.astype(np.float32 if sigmoid else np.int64))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     saved = {}
-    bar = tqdm(range(1, steps + 1), desc=progress, unit="step", leave=False, disable=progress is None)
+    bar = tqdm(range(1, steps + 1), desc=progress, unit="step", leave=False, disable=bar_off(progress is not None))
     for step in bar:
         idx = torch.from_numpy(rng.choice(len(x_all), size=min(8, len(x_all)), replace=False))
         x, y = _random_crop(x_all[idx], y_all[idx], crop, rng)

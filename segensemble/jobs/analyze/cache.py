@@ -17,6 +17,7 @@ from segensemble.errors import SegEnsembleError
 from segensemble.export.graph import build_graph
 from segensemble.formats.images import ImageRef
 from segensemble.graph_io import ViewId, list_views, view_output
+from segensemble.progress import bar_off
 from segensemble.runtime.engine import Engine
 from segensemble.runtime.sessions import GraphSession, open_graph
 
@@ -68,7 +69,7 @@ def build_cache(engine: Engine, refs: list[ImageRef], root: Path, dtype: str = "
     _check_disk(root, sum(h * w for h, w in sizes) * len(engine.classes) * len(views) * np.dtype(dtype).itemsize)
     graphs = _member_graphs(engine, root / "graphs")
     cache = ViewCache(root, views, sizes, len(engine.classes), dtype)
-    for i, ref in enumerate(tqdm(refs, desc="analyze: views", unit="img", disable=not progress)):
+    for i, ref in enumerate(tqdm(refs, desc="analyze: views", unit="img", disable=bar_off(progress))):
         image = engine.read(ref.path)[None]
         for mi, (session, names) in enumerate(graphs):
             started = time.perf_counter()
