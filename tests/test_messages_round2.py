@@ -129,3 +129,32 @@ def test_progress_bars_stay_out_of_piped_logs(built, data, tmp_path):
     done = cli("predict", data["test"].images, "--build", built["dir"], "-o", tmp_path / "sub.csv")  # no --quiet; stderr is a pipe
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stderr and "img/s]" not in done.stderr
+
+
+def test_selection_weights_are_said_as_shares_of_the_vote():
+    from segensemble.jobs.analyze.selection import shares
+
+    assert shares([0, 0, 0, 8, 3, 0], ["a", "b", "c", "unet-swa", "fpn", "d"]) == "unet-swa 0.73, fpn 0.27; 4 others 0"
+    assert shares([1.0, 1.0], ["a", "b"]) == "b 0.50, a 0.50"
+
+
+def test_class_colours_never_look_like_the_error_codes():
+    import numpy as np
+
+    from segensemble.jobs.analyze.pictures import CODES, MIN_CODE_DISTANCE, palette
+
+    colours = palette(29).astype(float)
+    assert len({tuple(c) for c in colours}) == 29
+    assert min(np.linalg.norm(np.array(CODES, float) - c, axis=1).min() for c in colours) >= MIN_CODE_DISTANCE - 1
+
+
+def test_the_error_grid_stays_readable_at_29_classes(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from segensemble.jobs.analyze.pictures import image_grid
+
+    gt = ((np.arange(120)[:, None] // 12) * 10 + np.arange(160)[None] // 16).astype(np.uint8) % 29
+    image_grid(tmp_path / "g.png", "t", np.zeros((120, 160, 3), np.uint8), gt, np.roll(gt, 3, axis=1), [f"c{i}" for i in range(29)])
+    width, height = Image.open(tmp_path / "g.png").size
+    assert width <= 1300 and height <= 1500  # was one row of 33 panels, about 6000 px wide

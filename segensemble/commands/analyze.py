@@ -85,7 +85,8 @@ def _print_ablation(report: dict) -> None:
         else:
             print(f"{r['variant']:<28}{r['miou']:>8.4f}{r['gain']:>+9.4f}{r['forward_passes']:>8}{r['ms_per_image']:>9.1f}")
     chosen = report["selection"]["chosen"]
-    print(f"selection ({chosen['method']}): weights {chosen['weights']}, mIoU {chosen['miou_selection']:.4f} on selection images")
+    print(f"selection ({chosen['method']}): shares of the vote {chosen['shares']}, mIoU {chosen['miou_selection']:.4f} on "
+          "selection images")
     if "holdout" in report["selection"]:
         h = report["selection"]["holdout"]
         print(f"held out: plan weights {h['plan_weights']:.4f}, chosen {h['chosen']:.4f}, best single {h['best_single']:.4f}")

@@ -59,7 +59,7 @@ def render_page(report: dict) -> str:
 best single member {html.escape(report['best_member'])}.</p>
 <h2>What each axis and member buys</h2><p>gain = full ensemble mIoU − variant mIoU</p>
 <table><tr><th>variant</th><th>mIoU</th><th>gain</th><th>passes</th><th>ms/img</th><th></th></tr>{rows}</table>
-<h2>Selection</h2><p>Chosen by {html.escape(sel['chosen']['method'])}: weights {sel['chosen']['weights']}
+<h2>Selection</h2><p>Chosen by {html.escape(sel['chosen']['method'])}: shares of the vote {html.escape(sel['chosen']['shares'])}
 (mIoU on selection images {_fmt(sel['chosen']['miou_selection'])}; plan weights {_fmt(sel['plan_weights_miou_selection'])};
 best single {_fmt(sel['best_single_miou_selection'])}).</p>{honest}
 <p>Ablation and selection score the mean of probabilities; the plan's vote rule and the others are compared below.</p>

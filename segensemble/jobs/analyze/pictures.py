@@ -26,12 +26,23 @@ def _plt():
     return plt
 
 
+TP, FP, FN = (40, 200, 40), (230, 40, 40), (40, 90, 230)
+WRONG, RIGHT = (230, 40, 40), (60, 60, 60)
+NEITHER, IGNORED = (0, 0, 0), (255, 255, 255)
+CODES = (TP, FP, FN, WRONG, RIGHT, NEITHER, IGNORED)
+MIN_CODE_DISTANCE = 90  # RGB distance a class colour keeps from every error-coding colour
+CLASS_PANELS_PER_ROW = 6
+
+
 def palette(classes: int) -> np.ndarray:
+    """A colour per class from matplotlib's tab20, tab20b and tab20c, none of them near an error-coding colour
+    (TP green, FP/wrong red, FN blue, right grey, neither black, ignored white), so a class never reads as an
+    error; past the 40-odd that remain, colours repeat."""
     matplotlib = require_matplotlib()
-    cmap = matplotlib.colormaps["tab20"]
-    colours = (np.array([cmap(i % 20)[:3] for i in range(classes)]) * 255).astype(np.uint8)
-    colours[0] = (0, 0, 0)
-    return colours
+    candidates = [np.array(matplotlib.colormaps[m](i)[:3]) * 255 for m in ("tab20", "tab20b", "tab20c") for i in range(20)]
+    codes = np.array(CODES, float)
+    usable = [c for c in candidates if np.linalg.norm(codes - c, axis=1).min() >= MIN_CODE_DISTANCE]
+    return np.array([usable[i % len(usable)] for i in range(classes)]).round().astype(np.uint8)
 
 
 def colourize(labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
@@ -39,10 +50,6 @@ def colourize(labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
     valid = labels < len(colours)
     out[valid] = colours[labels[valid]]
     return out
-
-
-TP, FP, FN = (40, 200, 40), (230, 40, 40), (40, 90, 230)
-WRONG, RIGHT = (230, 40, 40), (60, 60, 60)
 
 
 def _patch(rgb, label: str):
@@ -70,37 +77,44 @@ def confusion_heatmap(path: Path, names: list[str], cm: np.ndarray) -> Path:
 
 
 def grid_figure(title: str, image: np.ndarray, gt: np.ndarray, pred: np.ndarray, names: list[str]):
-    """Image, ground truth, prediction, error map, then one panel per class present, with two legends below:
-    the class colours, and the codes of the error map and of the per-class panels."""
+    """Image, ground truth, prediction and error map on the first row, then one panel per class present, six to
+    a row (readable at 29 classes), with two legends below: the class colours, and the codes of the error map
+    and of the per-class panels."""
     plt = _plt()
     colours = palette(len(names))
     present = [c for c in sorted(set(np.unique(gt).tolist()) | set(np.unique(pred).tolist())) if c < len(names)]
-    cols = 4 + len(present)
-    fig, axes = plt.subplots(1, cols, figsize=(2.4 * cols, 3.5))
+    cols = max(4, min(CLASS_PANELS_PER_ROW, len(present)))
+    rows = 1 + -(-len(present) // cols)
+    legend_rows = -(-(len(present) + 1) // 8) + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows + 0.35 * legend_rows + 0.6), squeeze=False)
     valid = gt != 255
     error = np.zeros((*gt.shape, 3), np.uint8)
     error[valid & (gt != pred)] = WRONG
     error[valid & (gt == pred)] = RIGHT
-    panels = [(image, "image"), (colourize(gt, colours), "ground truth"), (colourize(pred, colours), "prediction"),
-              (error, f"errors ({(valid & (gt != pred)).sum()} px)")]
+    summary = [(image, "image"), (colourize(gt, colours), "ground truth"), (colourize(pred, colours), "prediction"),
+               (error, f"errors ({(valid & (gt != pred)).sum()} px)")]
+    per_class = []
     for c in present:
         rgb = np.zeros((*gt.shape, 3), np.uint8)
         rgb[(gt == c) & (pred == c)] = TP
         rgb[(gt != c) & (pred == c) & valid] = FP
         rgb[(gt == c) & (pred != c)] = FN
-        panels.append((rgb, f"class: {names[c]}"))
-    for ax, (arr, label) in zip(axes, panels):
-        ax.imshow(arr, interpolation="nearest")
-        ax.set_title(label, fontsize=7)
+        per_class.append((rgb, f"class: {names[c]}"))
+    placed = [((0, i), p) for i, p in enumerate(summary)] + [((1 + k // cols, k % cols), p) for k, p in enumerate(per_class)]
+    for ax in axes.flat:
         ax.axis("off")
-    classes = [_patch(colours[c], names[c]) for c in present] + ([_patch((255, 255, 255), "ignored")] if not valid.all() else [])
+    for (r, c), (arr, label) in placed:
+        axes[r, c].imshow(arr, interpolation="nearest")
+        axes[r, c].set_title(label, fontsize=7)
+    classes = [_patch(colours[c], names[c]) for c in present] + ([_patch(IGNORED, "ignored")] if not valid.all() else [])
     codes = [_patch(WRONG, "error map: wrong"), _patch(RIGHT, "error map: right"), _patch(TP, "class panels: TP (both say it)"),
-             _patch(FP, "FP (predicted only)"), _patch(FN, "FN (missed)"), _patch((0, 0, 0), "neither")]
-    fig.legend(handles=classes, loc="lower center", bbox_to_anchor=(0.5, 0.09), ncol=min(len(classes), 8), fontsize=7, frameon=False,
-               title="colours in ground truth and prediction", title_fontsize=7)
-    fig.legend(handles=codes, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=len(codes), fontsize=7, frameon=False)
+             _patch(FP, "FP (predicted only)"), _patch(FN, "FN (missed)"), _patch(NEITHER, "neither")]
+    bottom = (0.35 * legend_rows + 0.6) / fig.get_figheight()
+    fig.legend(handles=classes, loc="lower center", bbox_to_anchor=(0.5, 0.4 * bottom), ncol=min(len(classes), 8), fontsize=7,
+               frameon=False, title="colours in ground truth and prediction", title_fontsize=7)
+    fig.legend(handles=codes, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.22, 1, 1))
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     return fig
 
 

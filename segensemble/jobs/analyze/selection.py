@@ -58,6 +58,17 @@ def weight_search(initial: list[float], score: Score, grid: tuple[float, ...] = 
     return {"weights": weights, "miou": best}
 
 
+def shares(weights: list[float], names: list[str]) -> str:
+    """Weights as each member's share of the vote, largest first ("unet-swa 0.73, fpn 0.27; 4 others 0"):
+    greedy selection's counts (0, 0, 8, 3) mean nothing until divided by their sum."""
+    total = sum(weights)
+    if total <= 0:
+        return "no member"
+    kept = sorted(((w / total, n) for w, n in zip(weights, names) if w > 0), reverse=True)
+    dropped = len(names) - len(kept)
+    return ", ".join(f"{n} {share:.2f}" for share, n in kept) + (f"; {dropped} other{'s' * (dropped > 1)} 0" if dropped else "")
+
+
 def select_members(cache, members, gts, select, held, names, out, best) -> dict:
     """Greedy selection and weight search on the selection images; their figures, and on the held-out ones."""
     probs = MemberProbs(cache, members, out / "cache" / "members")
@@ -70,7 +81,8 @@ def select_members(cache, members, gts, select, held, names, out, best) -> dict:
     single[best] = 1.0
     result = {
         "greedy": greedy, "weight_search": search,
-        "chosen": {"method": chosen[1], "weights": chosen[0]["weights"], "miou_selection": chosen[0]["miou"]},
+        "chosen": {"method": chosen[1], "weights": chosen[0]["weights"], "miou_selection": chosen[0]["miou"],
+                   "shares": shares(chosen[0]["weights"], [m.name for m in members])},
         "plan_weights_miou_selection": score(plan_weights), "best_single_miou_selection": score(single),
     }
     if held:
