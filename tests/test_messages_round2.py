@@ -158,3 +158,12 @@ def test_the_error_grid_stays_readable_at_29_classes(tmp_path):
     image_grid(tmp_path / "g.png", "t", np.zeros((120, 160, 3), np.uint8), gt, np.roll(gt, 3, axis=1), [f"c{i}" for i in range(29)])
     width, height = Image.open(tmp_path / "g.png").size
     assert width <= 1300 and height <= 1500  # was one row of 33 panels, about 6000 px wide
+
+
+def test_a_pickled_smp_model_names_its_encoder(trained, tmp_path):
+    from segensemble.models.checkpoints import PartialSpec, load_checkpoint
+    from segensemble.synthetic.trainer import save_checkpoint
+
+    path = save_checkpoint(trained["unet"], tmp_path / "whole.pt", "pickled")
+    loaded = load_checkpoint(path, PartialSpec(), trust_pickle=True)  # the plan names neither arch nor encoder
+    assert (loaded.spec.arch, loaded.spec.encoder) == ("Unet", "resnet18")  # was Unet/unknown: another architecture

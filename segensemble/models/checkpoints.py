@@ -199,10 +199,17 @@ def _looks_like_pickled_object(exc: Exception) -> bool:
 
 
 
+def _smp_encoder(model) -> str | None:
+    """An smp model's encoder from the name smp gives it ("fpn-resnet18", "u-tu-resnet18"): a pickled FPN is
+    FPN/resnet18 like its state_dict twin, not another architecture."""
+    name = getattr(model, "name", None)
+    return name.split("-", 1)[1] if isinstance(name, str) and "-" in name else None
+
+
 def _from_module(path: Path, model, want: PartialSpec) -> LoadedModel:
     head = getattr(model, "segmentation_head", None)
     classes = getattr(head[0], "out_channels", None) if head is not None else None
-    encoder = getattr(getattr(model, "encoder", None), "name", None) or want.encoder or "unknown"
+    encoder = getattr(getattr(model, "encoder", None), "name", None) or _smp_encoder(model) or want.encoder or "unknown"
     spec = ModelSpec(
         arch=type(model).__name__,
         encoder=want.encoder or encoder,
