@@ -167,3 +167,23 @@ def test_a_pickled_smp_model_names_its_encoder(trained, tmp_path):
     path = save_checkpoint(trained["unet"], tmp_path / "whole.pt", "pickled")
     loaded = load_checkpoint(path, PartialSpec(), trust_pickle=True)  # the plan names neither arch nor encoder
     assert (loaded.spec.arch, loaded.spec.encoder) == ("Unet", "resnet18")  # was Unet/unknown: another architecture
+
+
+def test_the_build_says_what_its_files_weigh_and_a_serving_copy_needs_only_the_graphs(built, data, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from segensemble.commands.build import disk_use
+    from segensemble.runtime.engine import LABELS, Engine, Want
+
+    text = disk_use(built["dir"], built["result"].manifest)
+    assert "reads only the ensemble graphs" in text and "member exports" in text
+    lean = tmp_path / "serve-only"
+    lean.mkdir()
+    for f in [*built["dir"].glob("ensemble*.onnx*"), built["dir"] / "manifest.json"]:
+        shutil.copy(f, lean / f.name)
+    full, thin = Engine.from_build(built["dir"]), Engine.from_build(lean)
+    for ref in list(data["test"].images.iterdir())[:2]:
+        image = full.read(ref)
+        assert np.array_equal(full.predict([image], Want({LABELS}))[0].labels, thin.predict([image], Want({LABELS}))[0].labels)

@@ -45,4 +45,20 @@ def run(args) -> int:
         images = sample_images(args.calib_images, [m.bn_images for m in load_plan(args.plan).members if m.bn_images])
         print(describe_precision(agreement(out, args.check_precision, images)))
     print(f"build: {out} ({result.exported} exported, {result.reused} reused); providers here: {', '.join(result.manifest.providers)}")
+    print(disk_use(out, result.manifest))
     return 0
+
+
+def disk_use(out: Path, manifest) -> str:
+    """What the build's files weigh, which of them the runtime reads, and what the others are for."""
+    graphs = [out / e.file for e in manifest.graphs.values()]
+    graph_bytes = sum(p.stat().st_size for p in graphs if p.is_file()) + sum(
+        (out / d).stat().st_size for e in manifest.graphs.values() for d in e.data if (out / d).is_file())
+    members = {m.file for member in manifest.members for m in member.models}
+    member_bytes = sum((out / f).stat().st_size for f in members if (out / f).is_file())
+    mb = 2**20
+    return (f"disk: {(graph_bytes + member_bytes) / mb:.0f} MB; the runtime (predict, evaluate, pseudo-label, serve, Triton) reads "
+            f"only the ensemble graphs ({graph_bytes / mb:.0f} MB) and manifest.json; the {len(members)} member exports "
+            f"({member_bytes / mb:.0f} MB) are what the next build reuses and what build's check, analyze and tune run one by "
+            "one: a folder that only serves can go without them (`ensemble export-triton`, or copy ensemble*.onnx* and "
+            "manifest.json)")
