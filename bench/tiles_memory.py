@@ -7,7 +7,10 @@ engine's: the decoded image, the label map, the graph's weights and the region i
 regions, the tiles the regions computed against the whole image's tile grid (tiles under a cut run twice),
 and the time.
 
-Usage: python bench/tiles_memory.py [--size 10000 10000] [--max-memory-mb 4096] [--threads 2]
+``--first-regions N`` runs only the first N regions (all of about one size, so the arena has reached its peak)
+and writes the label map whole, then estimates the full run's time from theirs.
+
+Usage: python bench/tiles_memory.py [--size 10000 10000] [--max-memory-mb 4096] [--threads 2] [--first-regions N]
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ def prepare(work: Path) -> None:
     build_random(work, MEMBERS, CLASSES, TILE, OVERLAP, ["identity"])
 
 
-def child(work: Path, max_memory_mb: float, threads: int) -> dict:
+def child(work: Path, max_memory_mb: float, threads: int, first: int | None) -> dict:
+    from segensemble.graph_io import LABELS
     from segensemble.run_config import RunConfig
-    from segensemble.runtime.engine import LABELS, Want, open_engine
-    from segensemble.runtime.regions import tiles_of
+    from segensemble.runtime.engine import Want, open_engine
+    from segensemble.runtime.regions import run_regions, tiles_of
     from segensemble.tiles import region_tiles
 
     engine = open_engine(work / "build", RunConfig(intra_op_threads=threads, max_cost=1e9, max_memory_mb=max_memory_mb))
@@ -48,12 +52,19 @@ def child(work: Path, max_memory_mb: float, threads: int) -> dict:
     whole = tiles_of(engine.members, hw, (0, hw[0], 0, hw[1]))
     computed = sum(tiles_of(engine.members, hw, r) for r in regions)
     start = time.perf_counter()
-    labels = engine.predict([image], Want({LABELS}))[0].labels
+    if first is None:
+        labels = engine.predict([image], Want({LABELS}))[0].labels
+    else:  # the first regions only; the label map then written whole, as a full run writes it, before the peak is read
+        labels = run_regions(engine.graph, image[None], [LABELS], regions[:first], engine.members)[0][0]
+        labels.fill(0)
     seconds = time.perf_counter() - start
-    np.save(work / "labels.npy", labels[::100, ::100])
-    return {"regions": len(regions), "largest_region": max(((r[1] - r[0], r[3] - r[2]) for r in regions), key=lambda s: s[0] * s[1]),
+    ran = regions if first is None else regions[:first]
+    ran_tiles = sum(tiles_of(engine.members, hw, r) for r in ran)
+    return {"regions": len(regions), "regions_run": len(ran), "largest_region": max(((r[1] - r[0], r[3] - r[2]) for r in regions),
+                                                                                      key=lambda s: s[0] * s[1]),
             "tiles_per_member_grid": region_tiles(hw, (0, hw[0], 0, hw[1]), engine.members[0].tiles, 1.0),
             "tile_views_whole": whole, "tile_views_computed": computed, "seconds": seconds,
+            "seconds_full_estimate": seconds / ran_tiles * computed, "labels_shape": list(labels.shape),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -62,11 +73,13 @@ def main() -> None:
     p.add_argument("--size", type=int, nargs=2, default=[10000, 10000])
     p.add_argument("--max-memory-mb", type=float, default=4096)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--first-regions", type=int, help="run only the first N regions (the label map is still written whole); "
+                   "the full run's time is then estimated from theirs")
     p.add_argument("--work", type=Path)
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._child:
-        print(json.dumps(child(args.work, args.max_memory_mb, args.threads)))
+        print(json.dumps(child(args.work, args.max_memory_mb, args.threads, args.first_regions)))
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="tiles-memory-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -77,16 +90,19 @@ def main() -> None:
     from segensemble.synthetic.data import smooth_image
 
     np.save(work / "image.npy", smooth_image(tuple(args.size), 11))
+    first = ["--first-regions", str(args.first_regions)] if args.first_regions else []
     out = subprocess.run([sys.executable, __file__, "--_child", "--work", str(work), "--max-memory-mb", str(args.max_memory_mb),
-                          "--threads", str(args.threads)], capture_output=True, text=True)
+                          "--threads", str(args.threads), *first], capture_output=True, text=True)
     if out.returncode:
         sys.exit(out.stderr[-3000:])
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(json.dumps(result))
     untiled = CLASSES * args.size[0] * args.size[1] * 4 / 2**30
-    print(f"peak RSS {result['peak_rss_mb'] / 1024:.2f} GiB in {result['regions']} regions "
-          f"(one full-size probability map alone: {untiled:.1f} GiB); {result['tile_views_computed'] / result['tile_views_whole']:.2f}x "
-          f"the tiles of the whole image's grid computed; {result['seconds']:.0f} s")
+    ran = f"the first {result['regions_run']} of {result['regions']} regions" if args.first_regions else f"{result['regions']} regions"
+    timing = (f"{result['seconds']:.0f} s for those; a full run about {result['seconds_full_estimate'] / 60:.0f} min (estimated)"
+              if args.first_regions else f"{result['seconds']:.0f} s")
+    print(f"peak RSS {result['peak_rss_mb'] / 1024:.2f} GiB over {ran} (one full-size probability map alone: {untiled:.1f} GiB); "
+          f"{result['tile_views_computed'] / result['tile_views_whole']:.2f}x the tiles of the whole image's grid computed; {timing}")
 
 
 if __name__ == "__main__":

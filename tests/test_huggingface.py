@@ -65,3 +65,25 @@ def test_folder_checks(tmp_path):
     plan = {"classes": CLASSES + ["extra"], "members": [{"name": "s", "framework": "transformers", "checkpoint": "seg4"}]}
     with pytest.raises(CheckpointError, match="config.json has 3 labels"):
         build_plan(plan, tmp_path / "b4", tmp_path)
+
+
+def test_a_tiny_upernet_folder_equals_its_own_forward(tmp_path):
+    torch.manual_seed(0)
+    backbone = transformers.ConvNextConfig(num_channels=3, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1],
+                                           out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = transformers.UperNetConfig(backbone_config=backbone, hidden_size=16, auxiliary_in_channels=16, auxiliary_channels=8,
+                                        use_auxiliary_head=False, num_labels=3)
+    model = transformers.UperNetForSemanticSegmentation(config).eval()
+    model.save_pretrained(tmp_path / "upernet", safe_serialization=True)
+    plan = {"classes": CLASSES, "members": [{"name": "upernet", "framework": "transformers", "checkpoint": "upernet"}]}
+    result = build_plan(plan, tmp_path / "build", tmp_path)
+    assert result.manifest.graphs[""].verified.max_abs_prob <= 1e-4
+    image = smooth_image((64, 96), 4)
+    got = Engine.from_build(tmp_path / "build").predict([image], Want({MEMBERS}))[0].members["upernet"]
+    from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
+
+    x = torch.from_numpy(((image / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)[None].astype(np.float32))
+    with torch.no_grad():
+        logits = model(pixel_values=x).logits
+    want = torch.nn.functional.interpolate(logits, size=(64, 96), mode="bilinear", align_corners=False).softmax(1)[0].numpy()
+    assert np.abs(got - want).max() < 1e-4

@@ -213,3 +213,20 @@ def test_a_large_image_runs_region_by_region_within_the_memory_budget(regional_b
     got = small.predict([image], want | {MASKS})[0]
     assert np.abs(got.probs - expected.probs).max() < 1e-5
     assert (got.masks == (expected.probs > 0.5)).mean() > 0.999
+
+
+def test_regions_compute_fewer_tiles_than_any_plain_grid_that_fits(regional_build):
+    from segensemble.cost import Budget
+    from segensemble.runtime.regions import region_bytes, tiles_of
+
+    hw = (300, 410)
+    whole = Engine.from_build(regional_build)
+    budget = Budget(max_memory_mb=whole.cost(hw).memory_mb / 5)
+    engine = Engine.from_build(regional_build, budget=budget)
+    chosen = sum(tiles_of(engine.members, hw, r) for r in engine.regions(hw))
+    for rows in range(1, 9):
+        for cols in range(1, 9):
+            r, c = np.linspace(0, hw[0], rows + 1).round().astype(int), np.linspace(0, hw[1], cols + 1).round().astype(int)
+            grid = [(r[i], r[i + 1], c[j], c[j + 1]) for i in range(rows) for j in range(cols)]
+            if max(region_bytes(engine.members, hw, g, 3, 1) for g in grid) <= budget.max_memory_mb * 2**20:
+                assert chosen <= sum(tiles_of(engine.members, hw, g) for g in grid), (rows, cols)

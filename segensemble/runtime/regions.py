@@ -2,9 +2,9 @@
 that memory follows the region in flight, not the image's area.
 
 The regions are a grid of rectangles of about equal size, cut where a single tile covers the image (so a
-region k tile intervals long needs k + 1 tiles along that side), the longer side cut first, until the largest
-model call a region needs (its tiles x the TTA views run together x the tile's pixels) and its outputs fit
-the budget's memory (``cost.ACTIVATION_BYTES_PER_PIXEL``). Every tile a region's output reads is computed for
+region k tile intervals long needs k + 1 tiles along that side): of every grid whose largest model call (its
+tiles x the TTA views run together x the tile's pixels) and outputs fit the budget's memory
+(``cost.ACTIVATION_BYTES_PER_PIXEL``), the one that computes the fewest tiles. Every tile a region's output reads is computed for
 that region, so tiles under a cut are computed twice: fewer, larger regions waste less. The stitched outputs
 equal the whole image run at once (the graph's tile grid is the whole image's; ``export/graph_tiles.py``).
 """
@@ -18,11 +18,12 @@ import numpy as np
 from segensemble.cost import ACTIVATION_BYTES_PER_PIXEL, Budget
 from segensemble.manifest import MemberEntry
 from segensemble.progress import bar_off
-from segensemble.tiles import region_tiles, seams
-from segensemble.views import TTA
+from segensemble.tiles import region_tiles, seams, window_tiles
+from segensemble.views import TTA, scaled_size
 
 Region = tuple[int, int, int, int]  # row start, row stop, column start, column stop
 MAX_REGIONS = 4096
+MAX_PIECES = 256  # along one axis
 
 
 def region_bytes(members: Sequence[MemberEntry], hw: tuple[int, int], region: Region, classes: int, batch: int) -> int:
@@ -50,28 +51,49 @@ def _cuts(length: int, parts: int, seams: list[int]) -> list[int]:
     return [*cuts, length] if cuts[-1] < length else cuts
 
 
-def grid(members: Sequence[MemberEntry], hw: tuple[int, int], rows: int, cols: int) -> list[Region]:
-    """``rows`` x ``cols`` regions covering an image of ``hw``, cut on the seams of the member scale with the
-    most tiles (where the others' cost least is not searched)."""
-    m, s = max(((m, s) for m in members for s in m.scales), key=lambda ms: region_tiles(hw, (0, hw[0], 0, hw[1]), ms[0].tiles, ms[1]))
-    r, c = (_cuts(hw[a], n, seams(hw[a], s, m.tiles, a)) for a, n in ((0, rows), (1, cols)))
+def split(members: Sequence[MemberEntry], hw: tuple[int, int], classes: int, batch: int, budget: Budget) -> list[Region]:
+    """The grid of regions that computes the fewest tiles while every region's call fits ``budget.max_memory_mb``.
+
+    Rows and columns are searched apart (a grid region's tiles are its rows' times its columns'), each axis cut
+    into n pieces on the seams of the member scale with the most tiles, every n from 1 up; then every pair."""
+    limit = budget.max_memory_mb * 2**20
+    views = [(m, s) for m in members for s in m.scales]
+    ref = max(views, key=lambda ms: region_tiles(hw, (0, hw[0], 0, hw[1]), ms[0].tiles, ms[1]))
+    axes = [_axis_options(views, hw, a, ref) for a in (0, 1)]
+    group = np.array([max(sum(TTA[t].swaps_hw == swap for t in m.tta) for swap in (False, True)) * m.tiles.size[0] * m.tiles.size[1]
+                      for m, _ in views])
+    per_view = np.array([len(m.tta) * m.model_count for m, _ in views])
+    best = None
+    for rows, r_cuts, r_max, r_sum, r_len in axes[0]:
+        for cols, c_cuts, c_max, c_sum, c_len in axes[1]:
+            if rows * cols > MAX_REGIONS:
+                break
+            memory = batch * (int((r_max * c_max * group).max()) * ACTIVATION_BYTES_PER_PIXEL + classes * r_len * c_len * 4 * (len(members) + 3))
+            if memory > limit:
+                continue
+            key = (int((r_sum * c_sum * per_view).sum()), rows * cols)
+            if best is None or key < best[0]:
+                best = (key, r_cuts, c_cuts)
+    if best is None:  # nothing fits: the finest grid searched
+        best = (None, axes[0][-1][1], axes[1][-1][1])
+    _, r, c = best
     return [(r[i], r[i + 1], c[j], c[j + 1]) for i in range(len(r) - 1) for j in range(len(c) - 1)]
 
 
-def split(members: Sequence[MemberEntry], hw: tuple[int, int], classes: int, batch: int, budget: Budget) -> list[Region]:
-    """The fewest regions found (the longer side cut first) whose every call fits ``budget.max_memory_mb``."""
-    limit = budget.max_memory_mb * 2**20
-    rows = cols = 1
-    while True:
-        regions = grid(members, hw, rows, cols)
-        if max(region_bytes(members, hw, r, classes, batch) for r in regions) <= limit or rows * cols >= MAX_REGIONS:
-            return regions
-        if (hw[0] / rows >= hw[1] / cols and rows < hw[0]) or cols >= hw[1]:
-            rows = min(hw[0], rows + max(1, rows // 4))
-        else:
-            cols = min(hw[1], cols + max(1, cols // 4))
-        if rows >= hw[0] and cols >= hw[1]:
-            return grid(members, hw, rows, cols)
+def _axis_options(views, hw: tuple[int, int], axis: int, ref) -> list[tuple]:
+    """Per piece count n along ``axis``: (n, cuts, per view-scale the most tiles a piece needs, their sum over
+    the pieces, the longest piece)."""
+    length = hw[axis]
+    cut_at = seams(length, ref[1], ref[0].tiles, axis)
+    most = min(length, MAX_PIECES, 4 * (len(cut_at) + 1) + 4)
+    options = []
+    for n in range(1, most + 1):
+        cuts = _cuts(length, n, cut_at)
+        pieces = list(zip(cuts[:-1], cuts[1:]))
+        counts = np.array([[window_tiles(length, scaled_size(hw, s)[axis], a, b, m.tiles.size[axis], m.tiles.overlap, s != 1)
+                            for a, b in pieces] for m, s in views])
+        options.append((n, cuts, counts.max(1), counts.sum(1), max(b - a for a, b in pieces)))
+    return options
 
 
 def tiles_of(members: Sequence[MemberEntry], hw: tuple[int, int], region: Region) -> int:
