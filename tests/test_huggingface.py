@@ -67,6 +67,7 @@ def test_folder_checks(tmp_path):
         build_plan(plan, tmp_path / "b4", tmp_path)
 
 
+@pytest.mark.slow
 def test_a_tiny_upernet_folder_equals_its_own_forward(tmp_path):
     torch.manual_seed(0)
     backbone = transformers.ConvNextConfig(num_channels=3, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1],
