@@ -319,10 +319,15 @@ def _check_keys(path: Path, spec: ModelSpec, expected: dict, got: dict) -> None:
     ]
     if not (missing or unexpected or mismatched):
         return
+    head = next((k for k in ("segmentation_head.0.weight", "classifier.4.weight", "classifier.high_classifier.weight")
+                 if k in got and k in expected and tuple(got[k].shape) != tuple(expected[k].shape)), None)
+    if head and not (missing or unexpected):  # only the class count differs: say it in the plan's terms
+        raise CheckpointError(f"{path}: the checkpoint was trained for {got[head].shape[0]} classes, but {spec.classes} are asked for "
+                              f"(the plan's classes, or --classes); list the classes it was trained on, in its order")
     parts = [f"{path}: does not fit {spec.describe()}"]
     for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches (checkpoint vs model)", mismatched)):
         if keys:
             more = f" (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
             parts.append(f"{len(keys)} {label}: {', '.join(keys[:_SHOWN])}{more}")
-    parts.append("check --arch/--encoder/--classes against how the model was trained")
+    parts.append("check arch, encoder and the classes (plan fields, or --arch/--encoder/--classes) against how the model was trained")
     raise CheckpointError("; ".join(parts))
