@@ -38,6 +38,16 @@ CPU_MODES = ["eager", "engine"]
 CUDA_MODES = ["eager", "notebook", "engine-cuda", "engine-trt", "engine-trt-fp16"]
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM (reset by exec; ru_maxrss is not, and would carry the parent's peak from
+    making the image), ru_maxrss where /proc is missing."""
+    try:
+        line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def cpu_description() -> str:
     """CPU model and the flags that matter for these kernels (AVX-512, AMX, bf16)."""
     model, flags = platform.processor() or "unknown", set()

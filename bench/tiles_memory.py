@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine_vs_eager import cpu_description
+from engine_vs_eager import cpu_description, peak_rss_mb
 from tiles_vs_monai import build_random
 
 MEMBERS = [("unet", "Unet", "resnet18"), ("fpn", "FPN", "resnet34"), ("deeplab", "DeepLabV3Plus", "mobilenet_v2")]
@@ -65,7 +64,7 @@ def child(work: Path, max_memory_mb: float, threads: int, first: int | None) -> 
             "tiles_per_member_grid": region_tiles(hw, (0, hw[0], 0, hw[1]), engine.members[0].tiles, 1.0),
             "tile_views_whole": whole, "tile_views_computed": computed, "seconds": seconds,
             "seconds_full_estimate": seconds / ran_tiles * computed, "labels_shape": list(labels.shape),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:

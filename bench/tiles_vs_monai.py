@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine_vs_eager import cpu_description
+from engine_vs_eager import cpu_description, peak_rss_mb
 
 MEMBERS = [("unet", "Unet", "resnet18"), ("fpn", "FPN", "resnet34")]
 CLASSES, TILE, OVERLAP = 12, (256, 256), 0.25
@@ -81,7 +80,7 @@ def run_engine(work: Path, size, runs: int, threads: int, images: int) -> dict:
         times.append(time.perf_counter() - start)
     np.save(work / "engine.npy", np.stack(probs))
     return {"way": "segensemble", "seconds": float(np.median(times)), "calls_in_flight": calls,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def run_monai(work: Path, size, runs: int, threads: int, images: int) -> dict:
@@ -111,7 +110,7 @@ def run_monai(work: Path, size, runs: int, threads: int, images: int) -> dict:
         probs = once()
         times.append(time.perf_counter() - start)
     np.save(work / "monai.npy", np.stack([p.numpy() for p in probs]))
-    return {"way": "monai", "seconds": float(np.median(times)), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"way": "monai", "seconds": float(np.median(times)), "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:
