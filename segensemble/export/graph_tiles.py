@@ -10,8 +10,8 @@ and columns and interpolating (bilinear, half-pixel centres, edges clamped: ``vi
 in float64 coordinates), so a region's resize is exactly the crop of the whole image's; then normalized,
 zero-padded where the scaled image is shorter than a tile, cut into tiles with two Gathers (the tiles become
 the batch, each TTA view of a model runs once over all of them), weighted by the importance map, added back
-into place with two ScatterND(add) (columns, then rows), divided by the summed weights, cropped and resized
-back to the region.
+into place with two ScatterElements(add) (columns, then rows), divided by the summed weights, cropped and
+resized back to the region.
 """
 
 from __future__ import annotations
@@ -163,10 +163,17 @@ def blend(b: GraphBuilder, v: str, grid: Grid, tiles: TileOptions) -> str:
     """(N * n_h * n_w, K, th, tw) tile values -> (N, K, region h, region w): weighted, added into place, averaged
     by the summed weights, cropped to the rows the region reads and resized back to the region."""
     th, tw = tiles.size
-    weights = b.f32(importance_map((th, tw), tiles.blend, tiles.sigma_scale)[None, None])
-    total = _place(b, b.op("Mul", [v, weights], "weighted"), grid, tiles)
-    ones = b.op("Concat", [b.op("Mul", [grid.rows.n, grid.cols.n]), b.i64(1, th, tw)], "shape", axis=0)
-    count = _place(b, b.op("Expand", [weights, ones], "weights"), grid, tiles)  # one image, one channel: broadcast
+    weights = importance_map((th, tw), tiles.blend, tiles.sigma_scale)
+    v = b.op("Mul", [v, b.f32(weights[None, None])], "weighted")
+    k = b.op("Slice", [b.op("Shape", [v]), b.i64(1), b.i64(2)], "k")
+    v = b.op("Reshape", [v, b.op("Concat", [b.i64(-1), grid.rows.n, grid.cols.n, k, b.i64(th, tw)], "shape", axis=0)])
+    v = b.op("Transpose", [v], "blocks", perm=[0, 3, 1, 4, 2, 5])  # (N, K, n_h, th, n_w, tw)
+    lead = b.op("Slice", [b.op("Shape", [v]), b.i64(0), b.i64(2)], "nk")
+    rows_n = b.op("Mul", [grid.rows.n, b.i64(th)])
+    cols_n = b.op("Mul", [grid.cols.n, b.i64(tw)])
+    v = b.op("Reshape", [v, b.op("Concat", [lead, rows_n, cols_n], "shape", axis=0)])
+    count = b.op("Tile", [b.f32(weights[None, None]), b.op("Concat", [b.i64(1, 1), grid.rows.n, grid.cols.n], "reps", axis=0)], "count")
+    total, count = (_place(b, t, grid) for t in (v, count))
     out = b.op("Div", [total, count], "blended")
     crop = grid.rows.crop, grid.cols.crop
     out = b.op("Slice", [out, b.op("Concat", [crop[0][0], crop[1][0]], "from", axis=0),
@@ -177,32 +184,18 @@ def blend(b: GraphBuilder, v: str, grid: Grid, tiles: TileOptions) -> str:
     return out
 
 
-def _place(b: GraphBuilder, v: str, grid: Grid, tiles: TileOptions) -> str:
-    """(N * n_h * n_w, K, th, tw) -> (N, K, window h, window w): every tile pixel added onto its window pixel.
-
-    Two ScatterND(add) on the axis being placed moved first, so each index addresses a whole contiguous slice
-    (indices as small as the tile grid, not as large as the values)."""
-    th, tw = tiles.size
-    v = b.op("Reshape", [v, b.op("Concat", [b.i64(-1), grid.rows.n, grid.cols.n, b.op("Slice", [b.op("Shape", [v]), b.i64(1), b.i64(2)]),
-                                            b.i64(th, tw)], "shape", axis=0)])
-    v = b.op("Transpose", [v], "by_cols", perm=[2, 5, 0, 1, 3, 4])  # (n_w, tw, N, n_h, K, th)
-    inner = b.op("Slice", [b.op("Shape", [v]), b.i64(2), b.i64(6)], "inner")  # N, n_h, K, th
-    v = b.op("Reshape", [v, b.op("Concat", [b.op("Mul", [grid.cols.n, b.i64(tw)]), b.i64(-1)], "shape", axis=0)])
-    v = _scatter(b, v, grid.cols.index, grid.cols.length)
-    v = b.op("Reshape", [v, b.op("Concat", [grid.cols.length, inner], "shape", axis=0)])  # (window w, N, n_h, K, th)
-    v = b.op("Transpose", [v], "by_rows", perm=[2, 4, 1, 3, 0])  # (n_h, th, N, K, window w)
-    nk = b.op("Slice", [b.op("Shape", [v]), b.i64(2), b.i64(4)], "nk")
-    v = b.op("Reshape", [v, b.op("Concat", [b.op("Mul", [grid.rows.n, b.i64(th)]), b.i64(-1)], "shape", axis=0)])
-    v = _scatter(b, v, grid.rows.index, grid.rows.length)
-    v = b.op("Reshape", [v, b.op("Concat", [grid.rows.length, nk, grid.cols.length], "shape", axis=0)])  # (window h, N, K, window w)
-    return b.op("Transpose", [v], "placed", perm=[1, 2, 0, 3])
-
-
-def _scatter(b: GraphBuilder, v: str, index: str, length: str) -> str:
-    """(n * tile, M) rows added into a zero (length, M) at rows ``index``."""
-    m = b.op("Slice", [b.op("Shape", [v]), b.i64(1), b.i64(2)], "m")
-    zeros = b.op("ConstantOfShape", [b.op("Concat", [length, m], "shape", axis=0)], "zeros", value=_zero())
-    return b.op("ScatterND", [zeros, b.op("Unsqueeze", [index, b.i64(1)], "at"), v], "place", reduction="add")
+def _place(b: GraphBuilder, x: str, grid: Grid) -> str:
+    """(N, K, n_h * th, n_w * tw) -> (N, K, window h, window w): every tiled pixel added onto its window pixel,
+    by two ScatterElements(add) (columns, then rows). Not ScatterND: ONNX Runtime's CPU ScatterND(add) split
+    its updates across threads and raced on the indices that overlapping tiles share (wrong sums, seen in CI)."""
+    lead = b.op("Slice", [b.op("Shape", [x]), b.i64(0), b.i64(2)], "nk")
+    rows_n = b.op("Slice", [b.op("Shape", [x]), b.i64(2), b.i64(3)])
+    wide = b.op("ConstantOfShape", [b.op("Concat", [lead, rows_n, grid.cols.length], "shape", axis=0)], "zeros", value=_zero())
+    cols = b.op("Expand", [b.op("Reshape", [grid.cols.index, b.i64(1, 1, 1, -1)]), b.op("Shape", [x])], "col_index")
+    x = b.op("ScatterElements", [wide, cols, x], "place_cols", axis=3, reduction="add")
+    tall = b.op("ConstantOfShape", [b.op("Concat", [lead, grid.rows.length, grid.cols.length], "shape", axis=0)], "zeros", value=_zero())
+    rows = b.op("Expand", [b.op("Reshape", [grid.rows.index, b.i64(1, 1, -1, 1)]), b.op("Shape", [x])], "row_index")
+    return b.op("ScatterElements", [tall, rows, x], "place_rows", axis=2, reduction="add")
 
 
 def _zero():
