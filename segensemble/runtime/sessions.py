@@ -246,8 +246,9 @@ def _open_onnxruntime(path: Path, options: RuntimeOptions, default_shapes) -> Gr
     try:
         session = ort.InferenceSession(str(path), sess_options=so, providers=entries)
         if any(i.name == REGION for i in session.get_overridable_initializers()):
-            # a region changes the shapes inside the graph while the input shapes stay the same; ONNX Runtime's
-            # memory pattern, planned per input shape, would then hand out overlapping buffers (seen: wrong values)
+            # a region changes the shapes inside the graph while the input shapes stay the same, and ONNX Runtime
+            # plans its memory pattern per input shape: off, as a precaution (the wrong values once put down to it
+            # came from ScatterND's race, docs/graph.md)
             so.enable_mem_pattern = False
             session = ort.InferenceSession(str(path), sess_options=so, providers=entries)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
