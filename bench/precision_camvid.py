@@ -45,6 +45,16 @@ def train(data: Path, work: Path, steps: int) -> None:
     save_checkpoint(model, work / "fpn.pth", "state_dict")
 
 
+def small_plan() -> dict:
+    """The plan of the three members ``train`` writes: Unet folds at two scales and an FPN, identity + hflip."""
+    from segensemble.synthetic.trainer import TINY_KWARGS
+
+    member = {"arch": "Unet", "encoder": "resnet18", "model_kwargs": TINY_KWARGS["Unet"]}
+    return {"classes": CLASSES, "defaults": {"input_size": list(HW), "tta": ["identity", "hflip"]},
+            "members": [member | {"name": "unet-folds", "folds": ["unet_f0.pth", "unet_f1.pth"], "scales": [0.75, 1.0]},
+                        {"name": "fpn", "arch": "FPN", "encoder": "resnet18", "model_kwargs": TINY_KWARGS["FPN"], "checkpoint": "fpn.pth"}]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid-mini")
@@ -54,7 +64,6 @@ def main() -> None:
     from engine_vs_eager import cpu_description
 
     from segensemble.runtime.openvino_session import BF16_FLAGS, cpu_flags
-    from segensemble.synthetic.trainer import TINY_KWARGS
 
     print(f"CPU: {cpu_description()}")
     if not cpu_flags() & set(BF16_FLAGS):
@@ -67,12 +76,7 @@ def main() -> None:
         print(f"trained 3 members in {time.perf_counter() - started:.0f}s ({args.steps} steps each)")
         import yaml
 
-        member = {"arch": "Unet", "encoder": "resnet18", "model_kwargs": TINY_KWARGS["Unet"]}
-        plan = {"classes": CLASSES, "defaults": {"input_size": list(HW), "tta": ["identity", "hflip"]},
-                "members": [member | {"name": "unet-folds", "folds": ["unet_f0.pth", "unet_f1.pth"], "scales": [0.75, 1.0]},
-                            {"name": "fpn", "arch": "FPN", "encoder": "resnet18", "model_kwargs": TINY_KWARGS["FPN"],
-                             "checkpoint": "fpn.pth"}]}
-        (work / "plan.yaml").write_text(yaml.safe_dump(plan))
+        (work / "plan.yaml").write_text(yaml.safe_dump(small_plan()))
         cli = [sys.executable, "-m", "segensemble.cli"]
         subprocess.run([*cli, "build", str(work / "plan.yaml"), "-o", str(work / "build"), "--quiet", "--check-precision", "bf16",
                         "--calib-images", str(args.data / "images" / "val")], check=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_vs_eager import cpu_description
-from precision_camvid import CLASSES, HW, train
+from precision_camvid import CLASSES, small_plan, train
 
 
 def main() -> None:
@@ -31,8 +31,6 @@ def main() -> None:
     args = ap.parse_args()
     import yaml
 
-    from segensemble.synthetic.trainer import TINY_KWARGS
-
     print(f"CPU: {cpu_description()}")
     work = args.work or Path(tempfile.mkdtemp(prefix="tune-camvid-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -40,11 +38,7 @@ def main() -> None:
         started = time.perf_counter()
         train(args.data, work, args.steps)
         print(f"trained 3 members in {time.perf_counter() - started:.0f}s ({args.steps} steps each)")
-    member = {"arch": "Unet", "encoder": "resnet18", "model_kwargs": TINY_KWARGS["Unet"]}
-    plan = {"classes": CLASSES, "defaults": {"input_size": list(HW), "tta": ["identity", "hflip"]},
-            "members": [member | {"name": "unet-folds", "folds": ["unet_f0.pth", "unet_f1.pth"], "scales": [0.75, 1.0]},
-                        {"name": "fpn", "arch": "FPN", "encoder": "resnet18", "model_kwargs": TINY_KWARGS["FPN"], "checkpoint": "fpn.pth"}]}
-    (work / "plan.yaml").write_text(yaml.safe_dump(plan))
+    (work / "plan.yaml").write_text(yaml.safe_dump(small_plan()))
     cli = [sys.executable, "-m", "segensemble.cli"]
     subprocess.run([*cli, "build", str(work / "plan.yaml"), "-o", str(work / "build"), "--quiet"], check=True)
     started = time.perf_counter()
