@@ -31,6 +31,18 @@ class Parity(BaseModel):
     max_abs_logit: float
     argmax_agreement: float
     shapes: list[list[int]]
+    bound: float | None = None  # the limit max_abs_logit was held to (onnx_export: relative to the logits' scale)
+    logit_scale: float | None = None  # the largest |logit| PyTorch gave
+
+
+class SizedExport(BaseModel):
+    """One of a model's per-size exports (a graph that cannot be dynamic in H and W: one file per view size)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    hw: tuple[int, int]
+    file: str
+    onnx_sha256: str
 
 
 class ModelEntry(BaseModel):
@@ -51,6 +63,14 @@ class ModelEntry(BaseModel):
     channels: int | None = None  # output logits; a binary task also takes 2 (a softmax pair, read as l1 - l0)
     output: str = "logits"  # or "probs" (an ONNX member that ends in its softmax/sigmoid: turned back into logits)
     resize_output: bool = False  # the output is at another resolution than the input (resized bilinearly to it)
+    sizes: list[SizedExport] = []  # per-size exports, ``file`` the first of them; empty: one graph for every size
+
+    def file_for(self, hw) -> str:
+        """The export that takes an (h, w) input: the per-size one, or the only one."""
+        return next((s.file for s in self.sizes if tuple(s.hw) == tuple(hw)), self.file)
+
+    def files(self) -> list[str]:
+        return [s.file for s in self.sizes] or [self.file]
 
 
 class MemberEntry(BaseModel):
@@ -219,7 +239,9 @@ class Build:
         return self.manifest.graph_entry(profile).verify(self.dir)
 
     def model(self, entry: ModelEntry) -> Path:
-        """A member model's verified ONNX file."""
+        """A member model's verified ONNX file (and its per-size siblings, verified too)."""
+        for sized in entry.sizes:
+            verify_file(self.dir, sized.file, sized.onnx_sha256)
         return verify_file(self.dir, entry.file, entry.onnx_sha256)
 
 

@@ -79,6 +79,17 @@ def padded_size(size_hw: tuple[int, int], stride: int) -> tuple[int, int]:
     return (-(-size_hw[0] // stride) * stride, -(-size_hw[1] // stride) * stride)
 
 
+def model_sizes(input_size: tuple[int, int] | None, tile_size: tuple[int, int] | None, scales, tta, stride: int) -> list[tuple[int, int]] | None:
+    """Every input size (h, w) a member's model sees over its views (padded to the stride; H and W swapped for
+    rot90-like TTA), largest first; None when they follow the image's own size (no input_size, no tiles)."""
+    if tile_size is None and input_size is None:
+        return None
+    bases = [tuple(tile_size)] if tile_size else [padded_size(scaled_size(tuple(input_size), s), stride) for s in scales]
+    swaps = any(TTA[t].swaps_hw for t in tta)
+    sizes = {hw for h, w in bases for hw in (((h, w), (w, h)) if swaps else ((h, w),))}
+    return sorted(sizes, key=lambda hw: (-hw[0] * hw[1], hw))
+
+
 def prepare_input(image: Array, size_hw: tuple[int, int], mean: Array, std: Array, stride: int) -> Array:
     """RGB uint8 (H, W, 3) -> normalized, zero-padded (bottom/right) float32 (3, H', W') at ``size_hw``."""
     x = resize_hwc(image.astype(np.float32), size_hw)

@@ -84,23 +84,60 @@ def test_cli_build_prints_the_plan_table(built):
     assert "BatchNorm" not in done.stdout or "recomputed" in done.stdout
 
 
-def test_fixed_shape_member_refuses_views_it_cannot_take(tmp_path):
+def test_a_member_that_cannot_be_dynamic_is_exported_at_each_view_size(tmp_path):
+    """PSPNet's adaptive pooling: one export per size its views need (scales 1 and 0.5), weights stored once in
+    the ensemble graph, and the member equals PyTorch's own forward at every view."""
+    import onnx
+    import torch
+    from eager import eager_member
+
+    from segensemble.models.registry import ModelSpec, create_model
+    from segensemble.runtime.engine import MEMBERS, Engine, Want
+    from segensemble.synthetic.data import smooth_image
+
+    torch.manual_seed(0)
+    model = create_model(ModelSpec("PSPNet", "resnet18", 3))
+    torch.save(model.state_dict(), tmp_path / "psp.pth")
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text("classes: [a, b, c]\nmembers:\n  - name: psp\n    arch: PSPNet\n    encoder: resnet18\n    checkpoint: psp.pth\n"
+                         "    input_size: [64, 96]\n    scales: [1.0, 0.5]\n    tta: [identity, hflip]\n")
+    result = build(load_plan(plan_file), tmp_path / "out", quiet=True)
+    entry = result.manifest.members[0].models[0]
+    assert [tuple(s.hw) for s in entry.sizes] == [(64, 96), (32, 64)]  # 0.5: 32x48, padded to the stride
+    assert entry.file == "psp-0.onnx" and all((tmp_path / "out" / f).is_file() for f in entry.files())
+    graph = onnx.load(str(tmp_path / "out" / "ensemble.onnx"))
+    weights = sum(t.ByteSize() for t in graph.graph.initializer)
+    assert weights < 1.1 * (tmp_path / "out" / "psp-0.onnx").stat().st_size  # two graphs, one copy of the weights
+    engine = Engine.from_build(tmp_path / "out")
+    for hw in ((64, 96), (37, 150)):  # any image size: the views are always the exported sizes
+        image = smooth_image(hw, 1)
+        got = engine.predict([image], Want({MEMBERS}))[0].members["psp"]
+        want = eager_member(model, image, result.manifest.members[0])
+        assert np.abs(got - want).max() < 1e-4 and (got.argmax(0) == want.argmax(0)).mean() > 0.999
+    again = build(load_plan(plan_file), tmp_path / "out", quiet=True)
+    assert again.reused == 1 and again.manifest.members[0].models[0].sizes == entry.sizes
+
+
+def test_a_fixed_size_onnx_member_refuses_views_it_cannot_take(tmp_path):
+    """A graph exported elsewhere at one size cannot be re-exported: views of another size are refused."""
     import torch
 
+    from segensemble.export.onnx_export import ExportOptions, export_onnx
+    from segensemble.models.checkpoints import PartialSpec, load_checkpoint
     from segensemble.models.registry import ModelSpec, create_model
 
     torch.manual_seed(0)
     torch.save(create_model(ModelSpec("PSPNet", "resnet18", 3)).state_dict(), tmp_path / "psp.pth")
+    loaded = load_checkpoint(tmp_path / "psp.pth", PartialSpec("PSPNet", "resnet18", 3))
+    export_onnx(loaded, tmp_path / "psp.onnx", ExportOptions(fixed_hw=(64, 96)))
     plan_file = tmp_path / "plan.yaml"
-    base = "classes: [a, b, c]\nmembers:\n  - name: psp\n    arch: PSPNet\n    encoder: resnet18\n    checkpoint: psp.pth\n" \
-           "    input_size: [64, 96]\n"
+    base = f"classes: [a, b, c]\nmembers:\n  - name: psp\n    onnx: {tmp_path / 'psp.onnx'}\n"
     plan_file.write_text(base + "    scales: [1.0, 0.5]\n")
-    with pytest.raises(PlanError, match=r"members\[0\] \(psp\): psp-0.onnx is exported at a fixed 64x96.*scale 0.5 "):
+    with pytest.raises(PlanError, match=r"members\[0\] \(psp\): psp-0.onnx is exported at a fixed 64x96.*need 32x64"):
         build(load_plan(plan_file), tmp_path / "out", quiet=True)
     plan_file.write_text(base + "    tta: [identity, hflip, vflip]\n")
     result = build(load_plan(plan_file), tmp_path / "out", quiet=True)
-    assert result.manifest.members[0].models[0].fixed_hw == (64, 96) and result.reused == 1
-    # inside ensemble.onnx the fixed member always sees its own shape, so any image size runs
+    assert result.manifest.members[0].models[0].fixed_hw == (64, 96)
     from segensemble.runtime.engine import Engine
 
     engine = Engine.from_build(tmp_path / "out")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import build_plan
+from eager import eager_member
 
 from segensemble.errors import PlanError
 from segensemble.plan import parse_plan
@@ -34,28 +35,6 @@ def tv_build(tmp_path_factory):
     return {"dir": root / "build", "models": {"lraspp": lraspp, "deeplab": deeplab}, "result": result}
 
 
-def _torch_member(model, image: np.ndarray, scales, tta) -> np.ndarray:
-    """The member as torchvision runs it: normalized, resized per scale (bilinear, half-pixel), out head's softmax,
-    views averaged back at the image's size."""
-    import torch.nn.functional as F
-
-    from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
-
-    x = torch.from_numpy(((image / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)[None].astype(np.float32))
-    h, w = image.shape[:2]
-    total = 0
-    with torch.no_grad():
-        for s in scales:
-            size = (int(np.floor(h * s + 0.5)), int(np.floor(w * s + 0.5)))
-            xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if s != 1 else x
-            for t in tta:
-                view = xs.flip(-1) if t == "hflip" else xs
-                p = model(view)["out"].softmax(1)
-                p = p.flip(-1) if t == "hflip" else p
-                total = total + (F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False) if s != 1 else p)
-    return (total / (len(scales) * len(tta)))[0].numpy()
-
-
 def test_torchvision_members_equal_their_own_forward(tv_build):
     manifest = tv_build["result"].manifest
     assert manifest.graphs[""].verified.max_abs_prob <= 1e-4
@@ -65,7 +44,8 @@ def test_torchvision_members_equal_their_own_forward(tv_build):
     image = smooth_image((96, 128), 2)  # sides multiples of the stride: the padding the plan adds does not enter
     got = engine.predict([image], Want({MEMBERS}))[0].members
     for member in engine.members:
-        want = _torch_member(tv_build["models"][member.name], image, member.scales, member.tta)
+        model = tv_build["models"][member.name]
+        want = eager_member(lambda x, model=model: model(x)["out"], image, member)
         assert np.abs(got[member.name] - want).max() < 1e-3, member.name
         assert (got[member.name].argmax(0) == want.argmax(0)).mean() > 0.999
 

@@ -37,3 +37,12 @@ def test_prepare_input_normalizes_and_pads_with_zero():
     assert x.shape == (3, 16, 16) and x.dtype == np.float32
     np.testing.assert_allclose(x[:, :10, :12], 2.0)
     assert not x[:, 10:, :].any() and not x[:, :, 12:].any()
+
+
+def test_model_sizes_lists_every_size_a_members_views_feed_its_model():
+    from segensemble.views import model_sizes
+
+    assert model_sizes((64, 96), None, [1.0, 0.5], ["identity", "hflip"], 32) == [(64, 96), (32, 64)]
+    assert model_sizes((64, 96), None, [1.0], ["identity", "rot90"], 32) == [(64, 96), (96, 64)]
+    assert model_sizes(None, (256, 128), [1.0, 2.0], ["transpose"], 32) == [(128, 256), (256, 128)]  # tiles: the tile, any scale
+    assert model_sizes(None, None, [1.0], ["identity"], 32) is None  # the image's own size

@@ -54,7 +54,7 @@ def disk_use(out: Path, manifest) -> str:
     graphs = [out / e.file for e in manifest.graphs.values()]
     graph_bytes = sum(p.stat().st_size for p in graphs if p.is_file()) + sum(
         (out / d).stat().st_size for e in manifest.graphs.values() for d in e.data if (out / d).is_file())
-    members = {m.file for member in manifest.members for m in member.models}
+    members = {f for member in manifest.members for m in member.models for f in m.files()}
     member_bytes = sum((out / f).stat().st_size for f in members if (out / f).is_file())
     mb = 2**20
     return (f"disk: {(graph_bytes + member_bytes) / mb:.0f} MB; the runtime (predict, evaluate, pseudo-label, serve, Triton) reads "

@@ -24,7 +24,7 @@ from segensemble.export.verify_graph import write_graphs
 from segensemble.formats.atomic import write_atomic
 from segensemble.formats.images import list_images
 from segensemble.formats.table import text_table
-from segensemble.manifest import Manifest, MemberEntry, ModelEntry, Parity, PlanCost, file_sha256
+from segensemble.manifest import Manifest, MemberEntry, ModelEntry, Parity, PlanCost, SizedExport, file_sha256
 from segensemble.models.checkpoints import PartialSpec, load_checkpoint
 from segensemble.models.swa import SwaReport, average_checkpoints, bn_batches, recalibrate_bn
 from segensemble.names import safe_name
@@ -128,12 +128,32 @@ def _build_model(plan: Plan, index: int, member: MemberSpec, k: int, out: Path) 
     else:
         loaded = load_checkpoint(sources[0], spec, trust_pickle=member.trust_pickle)
     _check_channels(plan, loaded.spec.classes, f"{where}: {sources[0]}")
+    sizes = _view_sizes(member)
     options = ExportOptions(
         class_names=_channel_names(plan, loaded.spec.classes), mean=member.mean, std=member.std, stride=member.stride,
-        fixed_hw=member.input_size, extra_metadata={"cache_key": key, "sources": json.dumps(sources)},
+        view_sizes=tuple(sizes) if sizes else None, extra_metadata={"cache_key": key, "sources": json.dumps(sources)},
     )
     report = export_onnx(loaded, target, options)
+    if report.sized:  # the first file names its siblings, so a rebuild finds them all
+        sized = [[h, w, p.relative_to(out).as_posix()] for (h, w), p in report.sized]
+        _add_metadata(target, {"sized_files": json.dumps(sized)})
+        report.metadata["sized_files"] = json.dumps(sized)
     return _entry_from_metadata(target, report.metadata, out), False, note
+
+
+def _view_sizes(member: MemberSpec) -> list[tuple[int, int]] | None:
+    from segensemble.views import model_sizes
+
+    return model_sizes(member.input_size, member.tiles.size if member.tiles else None, member.scales, member.tta, member.stride)
+
+
+def _add_metadata(target: Path, extra: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(target))
+    for key, value in extra.items():
+        proto.metadata_props.add(key=key, value=value)
+    write_atomic(target, lambda tmp: onnx.save(proto, str(tmp)))
 
 
 def _check_channels(plan: Plan, channels: int, where: str) -> None:
@@ -156,6 +176,7 @@ def _cache_key(plan: Plan, member: MemberSpec, sources: list[str]) -> str:
         "classes": list(plan.classes), "in_channels": member.in_channels, "mean": member.mean, "std": member.std,
         "stride": member.stride, "input_size": member.input_size, "opset": OPSET, "model_kwargs": member.model_kwargs,
         "bn_images": _folder_fingerprint(member.bn_images) if member.bn_images else None,
+        **({"view_sizes": _view_sizes(member)} if _view_sizes(member) else {}),  # verified (or exported) at each
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -180,22 +201,32 @@ def _read_cached(target: Path, key: str) -> ModelEntry | None:
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(target), load_external_data=False).metadata_props}
-    return _entry_from_metadata(target, meta, target.parent) if meta.get("cache_key") == key else None
+    if meta.get("cache_key") != key:
+        return None
+    if any(not (target.parent / f).is_file() for _, _, f in json.loads(meta.get("sized_files", "[]"))):
+        return None
+    return _entry_from_metadata(target, meta, target.parent)
 
 
 def _entry_from_metadata(target: Path, meta: dict[str, str], out: Path) -> ModelEntry:
     fixed = json.loads(meta["fixed_hw"]) if meta.get("fixed_hw") else None
+    sizes = [SizedExport(hw=(h, w), file=f, onnx_sha256=file_sha256(out / f)) for h, w, f in json.loads(meta.get("sized_files", "[]"))]
     return ModelEntry(
         file=target.relative_to(out).as_posix(), sources=json.loads(meta.get("sources", "[]")),
         sha256=meta.get("source_sha256", ""), onnx_sha256=file_sha256(target), form=meta.get("source_form", "onnx"),
         parity=Parity(max_abs_logit=float(meta["parity_max_abs_logit"]), argmax_agreement=float(meta["parity_argmax_agreement"]),
-                      shapes=json.loads(meta["parity_shapes"])) if "parity_max_abs_logit" in meta else None,
+                      shapes=json.loads(meta["parity_shapes"]), bound=_float_or_none(meta.get("parity_bound")),
+                      logit_scale=_float_or_none(meta.get("parity_logit_scale"))) if "parity_max_abs_logit" in meta else None,
         gflops=float(meta["gflops"]) if meta.get("gflops") else None,
         gflops_hw=tuple(json.loads(meta["gflops_hw"])) if meta.get("gflops_hw") else None,
         fixed_hw=tuple(fixed) if fixed else None, note=meta.get("shape_note"),
         arch=meta.get("arch"), encoder=meta.get("encoder"), channels=int(meta["classes"]) if meta.get("classes") else None,
-        resize_output=meta.get("resize_output") == "1",
+        resize_output=meta.get("resize_output") == "1", sizes=sizes,
     )
+
+
+def _float_or_none(text: str | None) -> float | None:
+    return float(text) if text else None
 
 
 def _copy_onnx(plan: Plan, where: str, member: MemberSpec, out: Path) -> ModelEntry:
@@ -261,23 +292,22 @@ def _member_entry(member: MemberSpec, models: list[ModelEntry]) -> MemberEntry:
 
 
 def _check_fixed_shapes(entry: MemberEntry, where: str) -> None:
-    """A graph exported at a fixed size must be able to take every view the member asks for."""
-    from segensemble.views import TTA, padded_size, scaled_size
+    """A graph exported at one fixed size (an ONNX member's, an `ensemble export --input-size` one) must be able
+    to take every view the member asks for; per-size exports cover them by construction."""
+    from segensemble.views import model_sizes
 
     for model in entry.models:
-        if not model.fixed_hw:
+        if not model.fixed_hw or model.sizes:
             continue
         fixed = tuple(model.fixed_hw)
-        for s in entry.scales:
-            h, w = tuple(entry.tiles.size) if entry.tiles else padded_size(scaled_size(entry.input_size or fixed, s), entry.stride)
-            for t in entry.tta:
-                shape = (w, h) if TTA[t].swaps_hw else (h, w)
-                if shape != fixed:
-                    raise PlanError(
-                        f"{where}: {model.file} is exported at a fixed {fixed[0]}x{fixed[1]} ({model.note or 'static shape'}); "
-                        f"scale {s:g} with tta {t} needs {shape[0]}x{shape[1]}. Use scales [1.0], input_size equal to the "
-                        "export size, and no H/W-swapping TTA on a non-square size for this member"
-                    )
+        needed = model_sizes(entry.input_size or fixed, entry.tiles.size if entry.tiles else None, entry.scales, entry.tta, entry.stride)
+        for shape in needed:
+            if tuple(shape) != fixed:
+                raise PlanError(
+                    f"{where}: {model.file} is exported at a fixed {fixed[0]}x{fixed[1]} ({model.note or 'static shape'}); "
+                    f"the member's views (scales {entry.scales}, tta {entry.tta}) need {shape[0]}x{shape[1]}. Use scales [1.0], "
+                    "input_size equal to the export size, and no H/W-swapping TTA on a non-square size for this member"
+                )
 
 
 def _cost(members: list[MemberEntry]) -> PlanCost:

@@ -40,7 +40,7 @@ from segensemble.export.graph_vote import logits_of, view_value, vote_outputs
 from segensemble.graph_io import GRAPH_FORMAT, INPUT, LABELS, MASK, MASKS, PROBS, REGION, decision_output, list_views, member_output, view_output
 from segensemble.manifest import Manifest, MemberEntry
 from segensemble.task import Fusion
-from segensemble.views import TTA, scaled_size
+from segensemble.views import TTA, padded_size, scaled_size
 
 MIN_OPSET = 18  # Split(num_outputs), Reduce*(axes as input), Resize with sizes
 EXTERNAL_DATA_BYTES = 1_500_000_000  # past this, weights go to <file>.data (protobuf's 2 GB limit)
@@ -48,16 +48,17 @@ EXTERNAL_DATA_BYTES = 1_500_000_000  # past this, weights go to <file>.data (pro
 
 @dataclass
 class _Model:
-    """A member model's graph, inlined once per call under its own names; weights shared by the calls."""
+    """A member model's graph, inlined once per call under its own names; weights shared by the calls. A model
+    exported per view size has one graph per (h, w), their equal weights stored once."""
 
-    graph: object
+    graphs: dict  # (h, w) or None -> (graph, {initializer name: name in the ensemble graph})
     prefix: str
     calls: int = 0
 
-    def call(self, b: GraphBuilder, x: str) -> str:
+    def call(self, b: GraphBuilder, x: str, hw: tuple[int, int] | None = None) -> str:
         self.calls += 1
-        inits = {i.name for i in self.graph.initializer}
-        source = next(i.name for i in self.graph.input if i.name not in inits)
+        graph, names = self.graphs.get(hw) or self.graphs[None]
+        source = next(i.name for i in graph.input if i.name not in names)
         where = f"{self.prefix}/call{self.calls}"
 
         def rename(v: str) -> str:
@@ -65,14 +66,14 @@ class _Model:
                 return v
             if v == source:
                 return x
-            return f"{self.prefix}/{v}" if v in inits else f"{where}/{v}"
+            return names.get(v) or f"{where}/{v}"
 
-        for node in self.graph.node:
+        for node in graph.node:
             copy = b.helper.make_node(node.op_type, [rename(i) for i in node.input], [rename(o) for o in node.output],
                                       name=f"{where}/{node.name}", domain=node.domain)
             copy.attribute.extend(node.attribute)
             b.nodes.append(copy)
-        return rename(self.graph.output[0].name)
+        return rename(graph.output[0].name)
 
 
 class _Member:
@@ -92,6 +93,17 @@ class _Member:
         if scale == 1.0:
             return self.image_hw, False
         return b.scaled(self.image_hw, scale), True
+
+    def model_hw(self, scale: float, swapped: bool) -> tuple[int, int] | None:
+        """The (h, w) the model sees at this scale, where the plan fixes it (input_size or tiles)."""
+        entry = self.entry
+        if entry.tiles:
+            h, w = entry.tiles.size
+        elif entry.input_size:
+            h, w = padded_size(scaled_size(tuple(entry.input_size), scale), entry.stride)
+        else:
+            return None
+        return (w, h) if swapped else (h, w)
 
     def _normalize(self, x: str) -> str:
         b, entry = self.b, self.entry
@@ -118,7 +130,7 @@ class _Member:
             for group in (g for g in groups if g):
                 inputs = [b.tta(x, t, inverse=False) for t in group]
                 batch = inputs[0] if len(inputs) == 1 else b.op("Concat", inputs, "views", axis=0)
-                logits = logits_of(b, model.call(b, batch), entry.models[k], self.fusion, batch)
+                logits = logits_of(b, model.call(b, batch, self.model_hw(scale, TTA[group[0]].swaps_hw)), entry.models[k], self.fusion, batch)
                 values = view_value(b, logits, self.fusion, self.rule)
                 chunks = [values] if len(group) == 1 else b.op("Split", [values], "view", outputs=len(group), axis=0, num_outputs=len(group))
                 for t, chunk in zip(group, chunks):
@@ -196,29 +208,44 @@ def build_graph(manifest: Manifest, build_dir: Path, out: Path, *, profile: str 
 
 
 class _Weights:
-    """The member graphs at one opset; each model's initializers are renamed once and shared by its calls."""
+    """The member graphs at one opset; each model's initializers are renamed once and shared by its calls (and,
+    by content, by its per-size graphs)."""
 
     def __init__(self, build_dir: Path, members: Sequence[MemberEntry]):
         import onnx
 
-        files = sorted({e.file for m in members for e in m.models})
+        files = sorted({f for m in members for e in m.models for f in e.files()})
         self.opset = max(MIN_OPSET, *(_opset(onnx.load(str(build_dir / f), load_external_data=False)) for f in files))
         self.loaded = {f: _load_model(build_dir / f, self.opset) for f in files}
         self.initializers: list = []
 
     def models(self, mi: int, entry: MemberEntry) -> list[_Model]:
-        from onnx import TensorProto
-
         out = []
         for k, e in enumerate(entry.models):
-            prefix = f"m{mi}_{k}"
-            for init in self.loaded[e.file].graph.initializer:
+            prefix, stored = f"m{mi}_{k}", {}  # content digest -> name in the ensemble graph
+            graphs = {None: self._graph(e.file, prefix, stored)}
+            for sized in e.sizes:
+                graphs[tuple(sized.hw)] = self._graph(sized.file, prefix, stored)
+            out.append(_Model(graphs, prefix))
+        return out
+
+    def _graph(self, file: str, prefix: str, stored: dict) -> tuple:
+        import hashlib
+
+        from onnx import TensorProto, numpy_helper
+
+        graph, names = self.loaded[file].graph, {}
+        for init in graph.initializer:
+            value = numpy_helper.to_array(init)
+            digest = hashlib.sha256(f"{value.dtype}{value.shape}".encode() + value.tobytes()).hexdigest()
+            if digest not in stored:
                 copy = TensorProto()
                 copy.CopyFrom(init)
-                copy.name = f"{prefix}/{init.name}"
+                taken = f"{prefix}/{init.name}" in stored.values()  # the same name, other values, in another size's graph
+                copy.name = stored[digest] = f"{prefix}/{init.name}" + (f"#{len(stored)}" if taken else "")
                 self.initializers.append(copy)
-            out.append(_Model(self.loaded[e.file].graph, prefix))
-        return out
+            names[init.name] = stored[digest]
+        return graph, names
 
 
 def _vote_outputs(b: GraphBuilder, members: list[_Member], image_hw: str, fusion: Fusion, classes: int) -> list[str]:

@@ -140,10 +140,9 @@ class Reference:
     def _runner(self, model, fusion: Fusion):
         """A member model (its ModelEntry) as a function of one (3, h, w) input: (C, h, w) float64 logits at the
         input's size (probabilities turned back into logits, another resolution resized: ``graph_vote.logits_of``)."""
-        session = self._session(model.file)
-        name = session.get_inputs()[0].name
-
         def run(x: np.ndarray) -> np.ndarray:
+            session = self._session(model.file_for(x.shape[1:]))  # a per-size export: the one for this view's size
+            name = session.get_inputs()[0].name
             out = session.run(None, {name: x[None].astype(np.float32)})[0][0].astype(np.float64)
             if model.output == "probs":
                 log_p = np.log(np.maximum(out, LOG_FLOOR))
