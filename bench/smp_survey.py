@@ -35,11 +35,11 @@ COMBOS = [
     ("FPN", "resnet18"), ("FPN", "tu-mobilenetv3_small_100"), ("PSPNet", "resnet18"), ("PSPNet", "tu-resnet18"),
     ("DeepLabV3", "resnet18"), ("DeepLabV3Plus", "resnet18"), ("DeepLabV3Plus", "efficientnet-b0"), ("PAN", "resnet18"),
     ("UPerNet", "resnet18"), ("UPerNet", "tu-convnext_atto"), ("Segformer", "mit_b0"), ("Segformer", "resnet18"),
-    ("DPT", "tu-vit_small_patch16_224"),
+    ("DPT", "tu-vit_small_patch16_224"), ("DPT", "tu-vit_small_patch16_224", {"dynamic_img_size": True}),
 ]
 
 
-def survey_one(arch: str, encoder: str, size: int, scales: list[float], work: Path) -> dict:
+def survey_one(arch: str, encoder: str, size: int, scales: list[float], work: Path, kwargs: dict | None = None) -> dict:
     import torch
 
     from segensemble.constants import IMAGENET_MEAN, IMAGENET_STD
@@ -55,7 +55,7 @@ def survey_one(arch: str, encoder: str, size: int, scales: list[float], work: Pa
     torch.manual_seed(0)
     started = time.perf_counter()
     try:
-        model = create_model(ModelSpec(arch, encoder, len(classes))).eval()
+        model = create_model(ModelSpec(arch, encoder, len(classes), extra=kwargs or {})).eval()
     except Exception as exc:  # smp cannot build it: the registry's message says why
         return {"status": "smp cannot build", "reason": str(exc).splitlines()[0][:160]}
     calibration = np.stack([prepare_input(smooth_image((size, size), 100 + k), (size, size), np.array(IMAGENET_MEAN, np.float32),
@@ -63,7 +63,8 @@ def survey_one(arch: str, encoder: str, size: int, scales: list[float], work: Pa
     recalibrate_bn(model, [calibration[:4], calibration[4:]])
     torch.save(model.eval().state_dict(), work / "m.pth")
     plan = {"classes": classes, "members": [{"name": "m", "arch": arch, "encoder": encoder, "checkpoint": "m.pth",
-                                             "input_size": [size, size], "scales": scales, "tta": ["identity", "hflip"]}]}
+                                             "input_size": [size, size], "scales": scales, "tta": ["identity", "hflip"],
+                                             **({"model_kwargs": kwargs} if kwargs else {})}]}
     try:
         result = build(parse_plan(plan, work), work / "build")
     except Exception as exc:
@@ -110,17 +111,18 @@ def main() -> None:
     print(f"{'arch':<14} {'encoder':<26} {'status':<18} {'exports':>7} {'parity':>9} {'bound':>9} {'max|dP|':>9} {'argmax':>8} {'s':>5}  reason")
     ok = 0
     combos = [c for c in COMBOS if not args.only or c[0] in args.only]
-    for arch, encoder in combos:
+    for arch, encoder, *kwargs in combos:
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                row = survey_one(arch, encoder, args.size, args.scales, Path(tmp))
+                row = survey_one(arch, encoder, args.size, args.scales, Path(tmp), *kwargs)
             except Exception as exc:
                 row = {"status": "error", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
                 traceback.print_exc()
         ok += row["status"] == "ok"
         fig = (f"{row['exports']:>7} {row['parity'] or 0:>9.1e} {row['bound'] or 0:>9.1e} {row['max_dp']:>9.1e} {row['argmax']:>8.4%}"
                if row["status"] == "ok" else f"{'':>7} {'':>9} {'':>9} {'':>9} {'':>8}")
-        print(f"{arch:<14} {encoder:<26} {row['status']:<18} {fig} {row.get('seconds', 0):>5.0f}  {row.get('reason', '')}", flush=True)
+        label = encoder + (" " + ",".join(f"{k}={v}" for k, v in kwargs[0].items()) if kwargs else "")
+        print(f"{arch:<14} {label:<26} {row['status']:<18} {fig} {row.get('seconds', 0):>5.0f}  {row.get('reason', '')}", flush=True)
     print(f"{ok} of {len(combos)} combinations built and agree")
 
 

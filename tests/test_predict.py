@@ -129,6 +129,16 @@ def test_cli_predict_end_to_end(built, data, tmp_path):
     assert missing.returncode == 2 and "nope" in missing.stderr
 
 
+def test_png_format_writes_into_the_folder_save_masks_names(built, data, tmp_path):
+    """--format png with --save-masks DIR (no -o) once wrote ./masks in the working directory instead."""
+    (tmp_path / "cwd").mkdir()
+    done = subprocess.run([sys.executable, "-m", "segensemble.cli", "predict", str(data["test"].images), "--build", str(built["dir"]),
+                           "--format", "png", "--save-masks", str(tmp_path / "m"), "--quiet"], capture_output=True, text=True,
+                          cwd=tmp_path / "cwd")
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "m").glob("*.png"))) == 6 and not any((tmp_path / "cwd").iterdir())
+
+
 def test_engine_ray_without_ray_says_how_to_install(built, data, tmp_path):
     code = (
         "import sys\n"

@@ -50,7 +50,7 @@ def run(args) -> int:
     if fmt == "png":
         if args.output and args.save_masks:
             raise SegEnsembleError("--format png writes the masks into the -o folder; drop --save-masks (or use another --format)")
-        masks_dir, csv_path = args.output or Path("masks"), None
+        masks_dir, csv_path = args.output or args.save_masks or Path("masks"), None  # the folder named, whichever flag names it
     else:
         default = Path("submission.json" if fmt == "coco-rle" else "submission.csv")
         csv_path = args.output or (None if (args.save_masks or args.save_probs) else default)

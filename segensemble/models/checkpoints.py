@@ -18,7 +18,7 @@ from typing import Any
 from segensemble.errors import CheckpointError, first_line
 from segensemble.files import open_regular
 from segensemble.manifest import file_sha256
-from segensemble.models.registry import TORCHVISION_ARCHS, ModelSpec, create_model, hf_logits_module, resolve_arch
+from segensemble.models.registry import TORCHVISION_ARCHS, ModelSpec, create_model, hf_logits_module, resolve_arch, tensor_out
 from segensemble.plan import MAX_CLASSES, check_model_kwargs
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
@@ -207,6 +207,8 @@ def _smp_encoder(model) -> str | None:
 
 
 def _from_module(path: Path, model, want: PartialSpec) -> LoadedModel:
+    if want.framework == "torchvision":
+        return _from_torchvision_module(path, model, want)
     head = getattr(model, "segmentation_head", None)
     classes = getattr(head[0], "out_channels", None) if head is not None else None
     encoder = getattr(getattr(model, "encoder", None), "name", None) or _smp_encoder(model) or want.encoder or "unknown"
@@ -221,6 +223,21 @@ def _from_module(path: Path, model, want: PartialSpec) -> LoadedModel:
     if want.classes and classes and want.classes != classes:
         raise CheckpointError(f"{path}: pickled model has {classes} classes, asked for {want.classes}")
     return LoadedModel(model.eval(), spec, path, file_sha256(path), "pickled_module")
+
+
+def _from_torchvision_module(path: Path, model, want: PartialSpec) -> LoadedModel:
+    """A whole pickled torchvision model (torch.save(model)): its class must be the plan's builder's, its classes
+    and aux head read from it; its forward's ``out`` is the member's output."""
+    arch = resolve_arch(want.arch or "", "torchvision") if want.arch else None
+    expected = {"fcn": "FCN", "deeplabv3": "DeepLabV3", "lraspp": "LRASPP"}
+    if not arch or type(model).__name__ != expected[arch.split("_")[0]]:
+        raise CheckpointError(f"{path}: pickled model is a {type(model).__module__}.{type(model).__name__}; the plan's arch "
+                              f"{want.arch!r} builds a torchvision {expected[arch.split('_')[0]] if arch else 'segmentation model'}")
+    state = model.state_dict()
+    spec = _torchvision_spec(path, PartialSpec(want.arch, None, None, 3, {}, "torchvision"), state)
+    if want.classes and want.classes != spec.classes:
+        raise CheckpointError(f"{path}: pickled model has {spec.classes} classes, asked for {want.classes}")
+    return LoadedModel(tensor_out(model), spec, path, file_sha256(path), "pickled_module")
 
 
 def _find_state_dict(path: Path, obj: Any) -> tuple[dict, str, PartialSpec]:

@@ -87,27 +87,7 @@ def _torchvision_model(spec: ModelSpec):
 
     net = getattr(segmentation, resolve_arch(spec.arch, "torchvision"))(
         weights=None, weights_backbone=None, num_classes=spec.classes, aux_loss=bool(spec.extra.get("aux_loss", False)))
-    return _out_head_class()(net).eval()
-
-
-def _out_head_class():
-    import torch
-
-    class OutHead(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return self.net(x)["out"]
-
-        def state_dict(self, *args, **kwargs):
-            return self.net.state_dict(*args, **kwargs)
-
-        def load_state_dict(self, state, strict: bool = True, assign: bool = False):
-            return self.net.load_state_dict(state, strict=strict, assign=assign)
-
-    return OutHead
+    return tensor_out(net)
 
 
 def hf_logits_module(net):
@@ -141,7 +121,12 @@ def _factory_model(spec: ModelSpec):
         model = factory(**spec.extra.get("factory_kwargs", {}))
     except Exception as exc:  # the team's own code: any error, named with the factory
         raise CheckpointError(f"factory {spec.arch} (from {path or 'the Python path'}): {type(exc).__name__}: {first_line(exc)}") from None
-    return _tensor_out_class()(model).eval()
+    return tensor_out(model)
+
+
+def tensor_out(net):
+    """``net`` as a module returning one logits tensor (torchvision's dict, a team's model's output object)."""
+    return _tensor_out_class()(net).eval()
 
 
 def _tensor_out_class():
