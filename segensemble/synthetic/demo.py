@@ -96,7 +96,9 @@ def _run_jobs(out: Path, plan_file: Path, train, val, test) -> dict:
     for name, figures in report["members"].items():
         print(f"  {name:<12} {metric} {figures[key]:.4f}")
     best = max(report["members"].items(), key=lambda kv: kv[1][key])
-    print(f"ensemble {metric} {report['ensemble'][key]:.4f} vs best single member {best[0]} {best[1][key]:.4f}")
+    gain = report["ensemble"][key] - best[1][key]
+    print(f"ensemble {metric} {report['ensemble'][key]:.4f} vs best single member {best[0]} {best[1][key]:.4f}: "
+          f"the ensemble {'gains' if gain > 0 else 'loses'} {abs(gain):.4f}")
     fmt = "rle-per-class" if engine.fusion.sigmoid else "contest-csv"
     _step(5, TOTAL, f"predicting the test set into a submission CSV ({fmt}), checked as a scorer would")
     refs = coco_images(test.coco, test.images)
