@@ -57,3 +57,27 @@ def test_torchvision_plan_errors(tmp_path):
         parse_plan({"classes": CLASSES, "members": [base | {"arch": "Unet"}]}, tmp_path)
     with pytest.raises(PlanError, match="leave out encoder"):
         parse_plan({"classes": CLASSES, "members": [base | {"arch": "fcn_resnet50", "encoder": "resnet50"}]}, tmp_path)
+
+
+def test_both_save_forms_of_fcn_and_lraspp_load_as_the_same_model(tmp_path):
+    """A state_dict and a whole pickled module (trust_pickle) of one model load to the same forward; a pickled
+    model of another builder, or untrusted, is refused saying why."""
+    from segensemble.errors import CheckpointError
+    from segensemble.models.checkpoints import PartialSpec, load_checkpoint
+
+    torch.manual_seed(0)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32))
+    for arch, builder in (("fcn_resnet50", segmentation.fcn_resnet50), ("lraspp_mobilenet_v3_large", segmentation.lraspp_mobilenet_v3_large)):
+        model = builder(weights=None, weights_backbone=None, num_classes=3).eval()
+        torch.save(model.state_dict(), tmp_path / "sd.pth")
+        torch.save(model, tmp_path / "whole.pth")
+        want = PartialSpec(arch, None, 3, 3, {}, "torchvision")
+        forms = [load_checkpoint(tmp_path / "sd.pth", want), load_checkpoint(tmp_path / "whole.pth", want, trust_pickle=True)]
+        assert [f.form for f in forms] == ["state_dict", "pickled_module"] and forms[0].spec == forms[1].spec
+        with torch.no_grad():
+            reference = model(x)["out"]
+            assert all(torch.equal(f.model(x), reference) for f in forms)
+        with pytest.raises(CheckpointError, match="trust-pickle"):
+            load_checkpoint(tmp_path / "whole.pth", want)
+    with pytest.raises(CheckpointError, match="pickled model is a .*LRASPP; the plan's arch 'fcn_resnet50' builds a torchvision FCN"):
+        load_checkpoint(tmp_path / "whole.pth", PartialSpec("fcn_resnet50", None, 3, 3, {}, "torchvision"), trust_pickle=True)
