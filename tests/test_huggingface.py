@@ -89,3 +89,35 @@ def test_a_tiny_upernet_folder_equals_its_own_forward(tmp_path):
         logits = model(pixel_values=x).logits
     want = torch.nn.functional.interpolate(logits, size=(64, 96), mode="bilinear", align_corners=False).softmax(1)[0].numpy()
     assert np.abs(got - want).max() < 1e-4
+
+
+def _vit_heads():
+    """Tiny DPT and BEiT configs (ViT backbones, 4 layers of width 32, 64 x 64 inputs in 16-pixel patches)."""
+    vit = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 37, "image_size": 64,
+           "patch_size": 16, "num_labels": 3, "use_auxiliary_head": False}
+    return {
+        "dpt": lambda: transformers.DPTForSemanticSegmentation(transformers.DPTConfig(
+            **vit, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 16, 16], fusion_hidden_size=16,
+            reassemble_factors=[4, 2, 1, 0.5])),
+        "beit": lambda: transformers.BeitForSemanticSegmentation(transformers.BeitConfig(
+            **vit, out_indices=[0, 1, 2, 3], pool_scales=[1, 2], auxiliary_channels=8)),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["dpt", "beit"])
+def test_tiny_dpt_and_beit_folders_equal_their_own_forward(tmp_path, kind):
+    """DPT (full-size logits) and BEiT (1/4-size logits, adaptive pyramid pooling: one export per view size)."""
+    from eager import eager_member
+
+    torch.manual_seed(0)
+    model = _vit_heads()[kind]().eval()
+    model.save_pretrained(tmp_path / kind, safe_serialization=True)
+    plan = {"classes": CLASSES, "members": [{"name": kind, "framework": "transformers", "checkpoint": kind, "input_size": [64, 64],
+                                             "tta": ["identity", "hflip"]}]}
+    result = build_plan(plan, tmp_path / "build", tmp_path)
+    assert result.manifest.graphs[""].verified.max_abs_prob <= 1e-4
+    image = smooth_image((64, 96), 4)
+    got = Engine.from_build(tmp_path / "build").predict([image], Want({MEMBERS}))[0].members[kind]
+    want = eager_member(lambda x: model(pixel_values=x).logits, image, result.manifest.members[0])
+    assert np.abs(got - want).max() < 1e-4
