@@ -51,6 +51,17 @@ def test_wrong_classes_names_file_and_keys(trained, tmp_path):
     assert str(path) in msg and f"the checkpoint was trained for {len(CLASSES)} classes, but 7 are asked for" in msg
 
 
+def test_other_decoder_widths_are_not_called_a_class_count(trained, tmp_path):
+    """Same keys, other decoder_channels: the head's input width differs, its class count does not (the message
+    once said "trained for 5 classes, but 5 are asked for")."""
+    path = save_checkpoint(trained["unet"], tmp_path / "u.pth", "state_dict")
+    wider = {**UNET_KW, "decoder_channels": [2 * c for c in UNET_KW["decoder_channels"]]}
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path, PartialSpec("Unet", "resnet18", len(CLASSES), 3, wider))
+    msg = str(err.value)
+    assert "classes, but" not in msg and "shape mismatches" in msg and "decoder.blocks.0.conv1.0.weight" in msg
+
+
 def test_wrong_encoder_lists_missing_and_unexpected_keys(trained, tmp_path):
     path = save_checkpoint(trained["unet"], tmp_path / "u.pth", "state_dict")
     with pytest.raises(CheckpointError) as err:

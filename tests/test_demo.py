@@ -15,11 +15,14 @@ csv.field_size_limit(1 << 30)
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
+    (out / "ckpt").mkdir(parents=True)
+    (out / "ckpt" / "unet_e40.pth").write_bytes(b"left by an earlier run with --steps 60")  # once globbed into the plan
     done = subprocess.run([sys.executable, "-m", "segensemble.cli", "demo", "--out", str(out), "--steps", "12"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     for step in range(1, 8):
         assert f"[{step}/7]" in done.stdout
+    assert "unet_e40" not in (out / "plan.yaml").read_text()
     assert "ensemble mIoU" in done.stdout and "best single member" in done.stdout
     assert "ensemble serve --build" in done.stdout and "curl" in done.stdout
     plan = (out / "plan.yaml").read_text()

@@ -338,7 +338,8 @@ def _check_keys(path: Path, spec: ModelSpec, expected: dict, got: dict) -> None:
         return
     head = next((k for k in ("segmentation_head.0.weight", "classifier.4.weight", "classifier.high_classifier.weight")
                  if k in got and k in expected and tuple(got[k].shape) != tuple(expected[k].shape)), None)
-    if head and not (missing or unexpected):  # only the class count differs: say it in the plan's terms
+    if head and not (missing or unexpected) and tuple(got[head].shape[1:]) == tuple(expected[head].shape[1:]):
+        # only the class count differs: say it in the plan's terms
         raise CheckpointError(f"{path}: the checkpoint was trained for {got[head].shape[0]} classes, but {spec.classes} are asked for "
                               f"(the plan's classes, or --classes); list the classes it was trained on, in its order")
     parts = [f"{path}: does not fit {spec.describe()}"]

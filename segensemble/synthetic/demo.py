@@ -115,6 +115,11 @@ def _run_jobs(out: Path, plan_file: Path, train, val, test) -> dict:
     return report
 
 
+def snapshot_steps(opts: DemoOptions) -> tuple[int, ...]:
+    """The epoch snapshots: 20 and 10 steps before the end, and the end (three distinct steps from 3 steps up)."""
+    return tuple(sorted({max(1, opts.steps - back) for back in (20, 10, 0)}))
+
+
 def _train_members(train, ckpt: Path, opts: DemoOptions) -> None:
     from segensemble.models.registry import ModelSpec
     from segensemble.synthetic.trainer import TINY_KWARGS, load_split_arrays, save_checkpoint, train_tiny
@@ -133,8 +138,7 @@ def _train_members(train, ckpt: Path, opts: DemoOptions) -> None:
     for k in range(2):  # 2-fold: each model trains on half the images
         model, _ = fit(unet, f"unet fold {k}", np.arange(len(images)) % 2 != k, seed=k)
         save_checkpoint(model, ckpt / f"unet_f{k}.pth", "nested_state_dict")
-    snapshot_steps = (opts.steps - 20, opts.steps - 10, opts.steps)
-    model, snaps = fit(unet, f"unet snapshots at steps {snapshot_steps}", seed=5, snapshots=snapshot_steps)
+    model, snaps = fit(unet, f"unet snapshots at steps {snapshot_steps(opts)}", seed=5, snapshots=snapshot_steps(opts))
     for step, state in snaps.items():
         save_checkpoint(model, ckpt / f"unet_e{step}.pth", "state_dict", state)
     model, _ = fit(fpn, "fpn (saved as an smp directory)", seed=7)
@@ -146,7 +150,7 @@ def _write_plan(out: Path, opts: DemoOptions) -> Path:
 
     from segensemble.synthetic.trainer import TINY_KWARGS
 
-    e = [f"ckpt/unet_e{s}.pth" for s in sorted(int(p.stem.split("_e")[1]) for p in (out / "ckpt").glob("unet_e*.pth"))]
+    e = [f"ckpt/unet_e{s}.pth" for s in snapshot_steps(opts)]  # the ones this run trained, not what an earlier run left
     task = {"task": "multilabel", "vote": "mean", "thresholds": 0.5} if opts.task == "multilabel" else {}
     plan = {
         **task,
