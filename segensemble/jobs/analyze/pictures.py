@@ -114,7 +114,8 @@ def grid_figure(title: str, image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
                frameon=False, title="colours in ground truth and prediction", title_fontsize=7)
     fig.legend(handles=codes, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, bottom, 1, 1))
+    # explicit spacing: tight_layout let a class panel's title sit on the image panel above it
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.7 / fig.get_figheight(), bottom=bottom + 0.02, wspace=0.06, hspace=0.18)
     return fig
 
 
