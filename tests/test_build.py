@@ -116,6 +116,11 @@ def test_a_member_that_cannot_be_dynamic_is_exported_at_each_view_size(tmp_path)
         assert np.abs(got - want).max() < 1e-4 and (got.argmax(0) == want.argmax(0)).mean() > 0.999
     again = build(load_plan(plan_file), tmp_path / "out", quiet=True)
     assert again.reused == 1 and again.manifest.members[0].models[0].sizes == entry.sizes
+    # the first file is written last and names its siblings itself: a build killed before it leaves no first file
+    first, sibling = tmp_path / "out" / "psp-0.onnx", tmp_path / "out" / "psp-0.32x64.onnx"
+    meta = {p.key: p.value for p in onnx.load(str(first)).metadata_props}
+    assert json.loads(meta["sized_files"]) == [[64, 96, "psp-0.onnx"], [32, 64, "psp-0.32x64.onnx"]]
+    assert first.stat().st_mtime_ns >= sibling.stat().st_mtime_ns
 
 
 def test_a_fixed_size_onnx_member_refuses_views_it_cannot_take(tmp_path):

@@ -131,6 +131,22 @@ def test_progress_bars_stay_out_of_piped_logs(built, data, tmp_path):
     assert "\r" not in done.stderr and "img/s]" not in done.stderr
 
 
+def test_a_piped_build_has_no_bn_recalibration_bar(ckpt_dir, data, tmp_path):
+    """The SWA member's BatchNorm recalibration (a bar over bn_images) keeps out of a piped log as every bar does."""
+    import json
+
+    from conftest import CLASSES, UNET_KW, cli
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(json.dumps({"classes": CLASSES, "defaults": {"arch": "Unet", "encoder": "resnet18", "model_kwargs": UNET_KW},
+                                "members": [{"name": "swa", "swa": [str(ckpt_dir / "unet_e20.pth"), str(ckpt_dir / "unet_e30.pth")],
+                                             "bn_images": str(data["root"] / "train")}]}))
+    done = cli("build", plan, "-o", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "BatchNorm statistics recomputed" in done.stdout + done.stderr  # the recalibration did run
+    assert "BN recalibration" not in done.stderr and "\r" not in done.stderr
+
+
 def test_selection_weights_are_said_as_shares_of_the_vote():
     from segensemble.jobs.analyze.selection import shares
 

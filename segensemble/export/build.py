@@ -133,11 +133,7 @@ def _build_model(plan: Plan, index: int, member: MemberSpec, k: int, out: Path) 
         class_names=_channel_names(plan, loaded.spec.classes), mean=member.mean, std=member.std, stride=member.stride,
         view_sizes=tuple(sizes) if sizes else None, extra_metadata={"cache_key": key, "sources": json.dumps(sources)},
     )
-    report = export_onnx(loaded, target, options)
-    if report.sized:  # the first file names its siblings, so a rebuild finds them all
-        sized = [[h, w, p.relative_to(out).as_posix()] for (h, w), p in report.sized]
-        _add_metadata(target, {"sized_files": json.dumps(sized)})
-        report.metadata["sized_files"] = json.dumps(sized)
+    report = export_onnx(loaded, target, options)  # per-size exports: the first file's metadata names its siblings
     return _entry_from_metadata(target, report.metadata, out), False, note
 
 
@@ -145,15 +141,6 @@ def _view_sizes(member: MemberSpec) -> list[tuple[int, int]] | None:
     from segensemble.views import model_sizes
 
     return model_sizes(member.input_size, member.tiles.size if member.tiles else None, member.scales, member.tta, member.stride)
-
-
-def _add_metadata(target: Path, extra: dict[str, str]) -> None:
-    import onnx
-
-    proto = onnx.load(str(target))
-    for key, value in extra.items():
-        proto.metadata_props.add(key=key, value=value)
-    write_atomic(target, lambda tmp: onnx.save(proto, str(tmp)))
 
 
 def _check_channels(plan: Plan, channels: int, where: str) -> None:

@@ -85,14 +85,17 @@ def export_onnx(loaded: LoadedModel, out: str | Path, options: ExportOptions = E
             raise
         dynamic = exc
     why = "adaptive pooling needs a known size" if "adaptive pooling" in str(dynamic) else str(dynamic).split(": ", 1)[-1][:200]
-    try:
-        reports = [_export_fixed(model, loaded, options, hw, out if k == 0 else _sized_path(out, hw), why) for k, hw in enumerate(sizes)]
+    paths = [out] + [_sized_path(out, hw) for hw in sizes[1:]]
+    listing = {"sized_files": json.dumps([[h, w, p.name] for (h, w), p in zip(sizes, paths)])}
+    try:  # the siblings first, the first file last naming them all: a build killed between them leaves no half set
+        for hw, path in zip(sizes[1:], paths[1:]):
+            _export_fixed(model, loaded, options, hw, path, why)
+        first = _export_fixed(model, loaded, options, sizes[0], out, why, listing)
     except _CannotRun:
         raise
     except ExportError as exc:
         raise ExportError(f"{exc}; a dynamic export failed too: {dynamic}") from exc
-    first = reports[0]
-    first.sized = [(hw, r.path) for hw, r in zip(sizes, reports)]
+    first.sized = list(zip(sizes, paths))
     return first
 
 
@@ -100,21 +103,22 @@ def _sized_path(out: Path, hw: tuple[int, int]) -> Path:
     return out.with_name(f"{out.stem}.{hw[0]}x{hw[1]}.onnx")
 
 
-def _export_fixed(model, loaded: LoadedModel, options: ExportOptions, hw: tuple[int, int], out: Path, why: str) -> ExportReport:
+def _export_fixed(model, loaded: LoadedModel, options: ExportOptions, hw: tuple[int, int], out: Path, why: str,
+                  extra: dict[str, str] | None = None) -> ExportReport:
     channels = loaded.spec.in_channels
     data = _trace_fixed(model, (1, channels, *hw))
     parity, gflops = _check_parity(model, data, [(1, channels, *hw), (2, channels, *hw)], out)
-    return _write(loaded, options, data, parity, gflops, out, hw, why)
+    return _write(loaded, options, data, parity, gflops, out, hw, why, extra or {})
 
 
 def _write(loaded: LoadedModel, options: ExportOptions, data: bytes, parity: dict, gflops: float, out: Path, fixed,
-           why: str = "") -> ExportReport:
+           why: str = "", extra: dict[str, str] | None = None) -> ExportReport:
     import onnx
 
     proto = onnx.load_from_string(data)
     onnx.checker.check_model(proto)
     shape = parity["shapes"][0]
-    meta = _metadata(loaded, options, parity, gflops, shape[2:], fixed)
+    meta = {**_metadata(loaded, options, parity, gflops, shape[2:], fixed), **(extra or {})}
     if fixed:
         meta["shape_note"] = f"{loaded.spec.arch}: {why}; exported at {fixed[0]}x{fixed[1]}, dynamic batch only"
     for key, value in meta.items():

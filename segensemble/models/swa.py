@@ -80,11 +80,12 @@ def bn_batches(folder: str | Path, size_hw: tuple[int, int] | None, mean, std, s
     from tqdm import tqdm
 
     from segensemble.formats.images import list_images, read_image
+    from segensemble.progress import bar_off
     from segensemble.views import prepare_input
 
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     pending: list[np.ndarray] = []
-    for ref in tqdm(list_images(folder), desc="BN recalibration", unit="img", leave=False):
+    for ref in tqdm(list_images(folder), desc="BN recalibration", unit="img", leave=False, disable=bar_off(True)):
         img = read_image(ref.path)
         x = prepare_input(img, size_hw or img.shape[:2], mean, std, stride)
         if pending and (len(pending) == batch or pending[0].shape != x.shape):
