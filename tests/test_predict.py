@@ -171,3 +171,30 @@ def test_two_workers_keep_order_and_results(engine, data, tmp_path):
         assert [s[0] for s in summary.skipped] == ["test_0003.png"]
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_contest_rows_wider_than_the_csv_default_are_read_back(tmp_path):
+    """11 classes (the trash contest's): a 256x256 row of 2-digit ids is 196 608 characters, past the csv module's
+    default limit of 131 072. check-submission failed on it, and --resume took such rows for torn ones."""
+    import csv
+
+    from PIL import Image
+
+    from segensemble.formats.images import ImageRef
+    from segensemble.formats.submission import _complete_rows
+    from segensemble.jobs.check_submission import check_submission
+
+    limit = csv.field_size_limit(131072)  # the default, whatever an earlier test set
+    try:
+        ids = " ".join(["10"] * 256 * 256)
+        text = "".join(f"{name},{ids}\r\n" for name in ("image_id", "a.jpg", "b.jpg")).replace(f"image_id,{ids}", "image_id,PredictionString")
+        assert [row[0] for row in _complete_rows(text)] == ["image_id", "a.jpg", "b.jpg"]
+        refs = []
+        for name in ("a.jpg", "b.jpg"):
+            Image.new("RGB", (512, 512)).save(tmp_path / name)
+            refs.append(ImageRef(name, tmp_path / name))
+        (tmp_path / "sub.csv").write_text(text, newline="")
+        report = check_submission(tmp_path / "sub.csv", "contest-csv", refs, [f"c{i}" for i in range(11)], None)
+        assert report.valid, report.problems
+    finally:
+        csv.field_size_limit(limit)

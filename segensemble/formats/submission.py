@@ -81,12 +81,23 @@ def partial_path(csv_path: Path) -> Path:
     return Path(csv_path).with_name(Path(csv_path).name + ".partial")
 
 
+# A contest row holds 256 x 256 class ids: 196 608 characters once ids reach 10 (the trash contest's 11 classes),
+# past the csv module's default field limit of 131 072; a 2048 x 2048 row would be 64 times that.
+FIELD_LIMIT = 1 << 28
+
+
+def csv_rows(lines, **options):
+    """``csv.reader`` that takes rows as wide as a submission's (the field limit is the csv module's, process-wide)."""
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
+    return csv.reader(lines, **options)
+
+
 def _complete_rows(text: str) -> list[list[str]]:
     """The CSV's rows as the csv module reads them (names may hold any character, newlines included, quoted),
     up to the last complete one."""
     rows = []
     try:
-        for row in csv.reader(io.StringIO(text, newline=""), strict=True):
+        for row in csv_rows(io.StringIO(text, newline=""), strict=True):
             rows.append(row)
     except csv.Error:  # a row torn inside a quoted field
         pass

@@ -5,7 +5,6 @@ them). Each problem names its line (the header is line 1)."""
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from segensemble.errors import SegEnsembleError
 from segensemble.files import open_regular
 from segensemble.formats.images import ImageRef, header_size
 from segensemble.formats.rle import parse_runs
-from segensemble.formats.submission import CONTEST_SIZE, LAYOUTS
+from segensemble.formats.submission import CONTEST_SIZE, LAYOUTS, csv_rows
 
 MAX_SUBMISSION_BYTES = 4 << 30
 
@@ -38,7 +37,7 @@ def check_submission(path: Path, fmt: str, refs: list[ImageRef], classes: list[s
     seen: dict[tuple[str, str], int] = {}
     with open_regular(path, max_bytes=MAX_SUBMISSION_BYTES, fail=lambda why: SegEnsembleError(f"{path}: {why}")) as fh:
         text = fh.read().decode("utf-8", errors="replace")
-    reader = csv.reader(text.splitlines())
+    reader = csv_rows(text.splitlines())
     for line, row in enumerate(reader, start=1):
         if line == 1:
             if row != layout.header:
