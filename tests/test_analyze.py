@@ -13,7 +13,7 @@ from segensemble.export.graph import build_graph
 from segensemble.formats.coco import category_map, coco_images, label_map, load_coco
 from segensemble.formats.images import read_image
 from segensemble.jobs.analyze.report import AnalyzeOptions, analyze
-from segensemble.jobs.analyze.selection import greedy_selection, weight_search
+from segensemble.jobs.analyze.selection import as_member_weights, class_weight_search, greedy_selection, weight_search
 from segensemble.jobs.evaluate import EvaluateOptions, evaluate
 from segensemble.jobs.metrics import image_miou
 from segensemble.manifest import Build, GraphEntry, file_sha256
@@ -98,6 +98,22 @@ def test_greedy_on_a_known_score():
     result = greedy_selection(3, score)
     assert result["miou"] >= score([0, 0, 1]) and result["weights"][2] >= 1
     assert weight_search([1.0, 1.0, 1.0], score)["miou"] >= score([1.0, 1.0, 1.0])
+
+
+def test_class_weights_let_each_class_follow_the_member_that_knows_it():
+    """Two members, two classes; the score credits member 0 on class 0 and member 1 on class 1 (their shares of
+    each class's vote, normalized per class as the graph does): no member-level weights reach 2, per-class ones do."""
+    def score(table):
+        t = np.asarray(table, float)
+        share = t / t.sum(0)
+        return share[0, 0] + share[1, 1]
+
+    assert weight_search([1.0, 1.0], lambda w: score(np.repeat(np.asarray(w)[:, None], 2, 1)))["miou"] == pytest.approx(1.0)
+    result = class_weight_search([1.0, 1.0], score, 2)
+    assert result["miou"] == pytest.approx(2.0)
+    weights, rows = as_member_weights(result["weights"])
+    assert rows[0][1] == 0 and rows[1][0] == 0 and rows[0][0] == rows[1][1] == 1.0  # relative to each member's weight
+    assert as_member_weights([[1.0, 1.0], [0.5, 0.5]]) == ([1.0, 0.5], [None, None])  # uniform rows say no class_weights
 
 
 def test_pictures_html_json_and_tuned_plan(report, engine, data):

@@ -96,7 +96,8 @@ def _measure(engine: Engine, coco_path: Path, image_root: Path, options: Analyze
     }
     report["pictures"] = _pictures(engine, cache, refs, gts, full, alone[best], names, out, options)
     if plan is not None:
-        report["tuned_plan"] = str(write_tuned_plan(plan, selection["chosen"]["weights"], out, fusion["kept"]))
+        chosen = selection["chosen"]
+        report["tuned_plan"] = str(write_tuned_plan(plan, chosen["weights"], out, fusion["kept"], class_weights=chosen["class_weights"]))
     return report
 
 

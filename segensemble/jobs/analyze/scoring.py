@@ -38,16 +38,21 @@ class MemberProbs:
             for i in range(len(cache.sizes)):
                 self.store.put(m, i, cache.combine(coeffs, i))
 
-    def score(self, weights: list[float], gts, images: list[int], names: list[str]) -> dict:
-        total = sum(weights)
-        if total <= 0:
+    def score(self, weights, gts, images: list[int], names: list[str]) -> dict:
+        """mIoU of the vote with member ``weights`` (one per member) or per-class weights (members x classes),
+        normalized per class as the graph's vote is (``fusion_weights``)."""
+        w = np.asarray(weights, np.float64)
+        w = np.repeat(w[:, None], len(names), 1) if w.ndim == 1 else w
+        column = w.sum(0)
+        if np.any(column <= 0):
             return {"miou": float("nan")}
+        share = (w / column).astype(np.float32)[:, :, None, None]
         meter = IouMeter(len(names))
         for i in images:
             p = None
-            for m, w in enumerate(weights):
-                if w > 0:
-                    q = self.store.get(m, i) * np.float32(w / total)
+            for m in range(len(w)):
+                if w[m].any():
+                    q = self.store.get(m, i) * share[m]
                     p = q if p is None else p + q
             meter.add(gts(i), p.argmax(0))
         return meter.summary(names)

@@ -1,6 +1,7 @@
-"""Ensemble selection: greedy forward selection with replacement (Caruana et al., 2004) and a weight search.
+"""Ensemble selection: greedy forward selection with replacement (Caruana et al., 2004), a weight search, then
+per-class weights from the better of the two.
 
-Both only ever call ``score(weights) -> mIoU`` on the selection images, so they are cheap given the cache.
+All only ever call ``score(weights) -> mIoU`` on the selection images, so they are cheap given the cache.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from segensemble.formats.atomic import write_atomic
@@ -58,6 +60,41 @@ def weight_search(initial: list[float], score: Score, grid: tuple[float, ...] = 
     return {"weights": weights, "miou": best}
 
 
+def class_weight_search(weights: list[float], score: Callable[[np.ndarray], float], classes: int,
+                        grid: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0), passes: int = 2) -> dict:
+    """Per-class weights (members x classes), by coordinate search from the member ``weights``: a member that
+    never learnt a class stops voting on it, one that knows it best leads it (contest teams tune weights per
+    class on out-of-fold images). Every class keeps a member that weighs it."""
+    table = np.repeat(np.asarray(weights, np.float64)[:, None], classes, 1)
+    best = score(table)
+    for _ in range(passes):
+        improved = False
+        for c in range(classes):
+            for m in range(len(weights)):
+                for value in grid:
+                    if value == table[m, c] or table[:, c].sum() - table[m, c] + value <= 0:
+                        continue
+                    trial = table.copy()
+                    trial[m, c] = value
+                    s = score(trial)
+                    if s > best + 1e-12:
+                        best, table, improved = s, trial, True
+        if not improved:
+            break
+    return {"weights": table.tolist(), "miou": best}
+
+
+def as_member_weights(table) -> tuple[list[float], list[list[float] | None]]:
+    """A (members x classes) table as the plan says it: each member's largest weight as its ``weight``, and its
+    ``class_weights`` relative to that (None where every class has the same weight)."""
+    weights, rows = [], []
+    for row in np.asarray(table, np.float64):
+        top = float(row.max())
+        weights.append(top)
+        rows.append(None if top <= 0 or np.all(row == top) else [float(v / top) for v in row])
+    return weights, rows
+
+
 def shares(weights: list[float], names: list[str]) -> str:
     """Weights as each member's share of the vote, largest first ("unet-swa 0.73, fpn 0.27; 4 others 0"):
     greedy selection's counts (0, 0, 8, 3) mean nothing until divided by their sum."""
@@ -77,27 +114,32 @@ def select_members(cache, members, gts, select, held, names, out, best) -> dict:
     greedy = greedy_selection(len(members), score)
     search = weight_search(plan_weights, score)
     chosen = max((greedy, "greedy"), (search, "weight search"), key=lambda t: t[0]["miou"])
+    per_class = class_weight_search(chosen[0]["weights"], score, len(names))
+    table = per_class["weights"] if per_class["miou"] > chosen[0]["miou"] + 1e-12 else \
+        [[w] * len(names) for w in chosen[0]["weights"]]
+    weights, class_weights = as_member_weights(table)
+    method = chosen[1] + (", then per-class weights" if any(class_weights) else "")
     single = [0.0] * len(members)
     single[best] = 1.0
     result = {
-        "greedy": greedy, "weight_search": search,
-        "chosen": {"method": chosen[1], "weights": chosen[0]["weights"], "miou_selection": chosen[0]["miou"],
+        "greedy": greedy, "weight_search": search, "class_weight_search": per_class,
+        "chosen": {"method": method, "weights": weights, "class_weights": class_weights, "miou_selection": score(table),
                    "shares": shares(chosen[0]["weights"], [m.name for m in members])},
         "plan_weights_miou_selection": score(plan_weights), "best_single_miou_selection": score(single),
     }
     if held:
         honest = lambda w: probs.score(w, gts, held, names)["miou"]  # noqa: E731
-        result["holdout"] = {"plan_weights": honest(plan_weights), "chosen": honest(chosen[0]["weights"]),
-                             "best_single": honest(single)}
+        result["holdout"] = {"plan_weights": honest(plan_weights), "chosen": honest(table), "best_single": honest(single)}
     return result
 
 
 def write_tuned_plan(plan: Plan, weights: list[float], out: Path, fusion: dict | None = None, postprocess: dict | None = None,
-                     by: str = "ensemble analyze") -> Path:
-    """The plan with the chosen weights (and vote, thresholds: ``fusion``; post-processing: ``postprocess``);
-    members weighted 0 are left out. Paths are absolute; the plan's task and other top-level fields are kept."""
+                     by: str = "ensemble analyze", class_weights: list[list[float] | None] | None = None) -> Path:
+    """The plan with the chosen weights (per-class ones too: ``class_weights``; vote, thresholds: ``fusion``;
+    post-processing: ``postprocess``); members weighted 0 are left out. Paths are absolute; the plan's task and
+    other top-level fields are kept."""
     members = []
-    for member, w in zip(plan.members, weights):
+    for k, (member, w) in enumerate(zip(plan.members, weights)):
         if w <= 0:
             continue
         data = member.model_dump(mode="json", exclude_defaults=True)
@@ -105,6 +147,8 @@ def write_tuned_plan(plan: Plan, weights: list[float], out: Path, fusion: dict |
             if getattr(member, key) is not None:
                 data[key] = getattr(member, key)
         data["weight"] = float(w)
+        if class_weights and class_weights[k] is not None:
+            data["class_weights"] = class_weights[k]
         members.append(data)
     top = plan.model_dump(mode="json", include={"task", "vote", "min_votes", "tsharpen_t", "thresholds", "postprocess"},
                           exclude_defaults=True, exclude_none=True)
