@@ -151,10 +151,11 @@ def _evaluate(out: Path, engine, tuned, val) -> dict:
     metric, key = ("mean Dice", "dice") if engine.fusion.sigmoid else ("mIoU", "miou")
     for name, figures in report["members"].items():
         print(f"  {name:<15} {metric} {figures[key]:.4f}")
-    print(f"  {'the plan (equal)':<15} {metric} {report['ensemble'][key]:.4f}")
     best = max(report["members"].items(), key=lambda kv: kv[1][key])
+    equal = report["ensemble"][key] - best[1][key]
+    print(f"  the plan's equal vote: {metric} {report['ensemble'][key]:.4f}, {'gains' if equal > 0 else 'loses'} {abs(equal):.4f}")
     gain = report["tuned"]["ensemble"][key] - best[1][key]
-    print(f"ensemble {metric} {report['tuned']['ensemble'][key]:.4f} (weights from the tune images) vs best single member "
+    print(f"ensemble {metric} {report['tuned']['ensemble'][key]:.4f} (tuned on the tune images) vs best single member "
           f"{best[0]} {best[1][key]:.4f}: the ensemble {'gains' if gain > 0 else 'loses'} {abs(gain):.4f}")
     return report
 
