@@ -86,7 +86,7 @@ def export_onnx(loaded: LoadedModel, out: str | Path, options: ExportOptions = E
         dynamic = exc
     why = "adaptive pooling needs a known size" if "adaptive pooling" in str(dynamic) else str(dynamic).split(": ", 1)[-1][:200]
     paths = [out] + [_sized_path(out, hw) for hw in sizes[1:]]
-    listing = {"sized_files": json.dumps([[h, w, p.name] for (h, w), p in zip(sizes, paths)])}
+    listing = {"sized_files": json.dumps([[h, w, p.name] for (h, w), p in zip(sizes, paths)])} if len(sizes) > 1 else {}
     try:  # the siblings first, the first file last naming them all: a build killed between them leaves no half set
         for hw, path in zip(sizes[1:], paths[1:]):
             _export_fixed(model, loaded, options, hw, path, why)
