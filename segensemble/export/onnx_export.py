@@ -56,7 +56,6 @@ class ExportReport:
     gflops_hw: tuple[int, int]
     fixed_hw: tuple[int, int] | None
     metadata: dict[str, str]
-    sized: list[tuple[tuple[int, int], Path]] = field(default_factory=list)  # per-size exports, path first among them
 
 
 class _CannotRun(ExportError):
@@ -95,7 +94,6 @@ def export_onnx(loaded: LoadedModel, out: str | Path, options: ExportOptions = E
         raise
     except ExportError as exc:
         raise ExportError(f"{exc}; a dynamic export failed too: {dynamic}") from exc
-    first.sized = list(zip(sizes, paths))
     return first
 
 
