@@ -12,7 +12,8 @@ def add(sub) -> None:
                        description="Run every view once over a labelled validation set (probabilities cached on disk), "
                        "then score without running models again: the ensemble with each axis removed in turn and each "
                        "member alone (sorted by gain, with cost), greedy forward selection with replacement (Caruana et al. "
-                       "2004) and a weight search, and the vote rule (each of the plan's rules; per-class thresholds for multilabel "
+                       "2004) and a weight search, then per-class weights from the better of the two, and the vote rule "
+                       "(each of the plan's rules; per-class thresholds for multilabel "
                        "and binary plans) chosen on the selection images, its gain per class on the held-out ones; written as "
                        "plan.tuned.yaml; per-class pictures, report.json, index.html. Multilabel and binary plans get the vote "
                        "and thresholds search only.")
