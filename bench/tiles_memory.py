@@ -4,13 +4,14 @@ Three members (smp Unet/resnet18, FPN/resnet34, DeepLabV3Plus/mobilenet_v2; rand
 12 classes, tiles 512 x 512, overlap 0.25, gaussian blend, labels out. The image (``--size``, default
 10000 x 10000 RGB) is made in the parent and handed over as a raw .npy, so the child's peak RSS is the
 engine's: the decoded image, the label map, the graph's weights and the region in flight. Also printed: the
-regions, the tiles the regions computed against the whole image's tile grid (tiles under a cut run twice),
-and the time.
+tiles per model call (the graph's ``tile_batch``), the regions, the tiles the regions computed against the
+whole image's tile grid (tiles under a cut run twice), and the time.
 
-``--first-regions N`` runs only the first N regions (all of about one size, so the arena has reached its peak)
-and writes the label map whole, then estimates the full run's time from theirs.
+``--first-regions N`` runs only the first N regions and writes the label map whole, then estimates the full
+run's time from theirs; its peak is a lower bound (session 9's whole run peaked 0.7 GiB above its first 8
+regions').
 
-Usage: python bench/tiles_memory.py [--size 10000 10000] [--max-memory-mb 4096] [--threads 2] [--first-regions N]
+Usage: python bench/tiles_memory.py [--size 10000 10000] [--max-memory-mb 1500] [--threads 2] [--first-regions N]
 """
 
 from __future__ import annotations
@@ -47,19 +48,19 @@ def child(work: Path, max_memory_mb: float, threads: int, first: int | None) -> 
     engine = open_engine(work / "build", RunConfig(intra_op_threads=threads, max_cost=1e9, max_memory_mb=max_memory_mb))
     image = np.load(work / "image.npy")
     hw = image.shape[:2]
-    regions = engine.regions(hw)
+    regions, chunk = engine.regions(hw), engine.tile_batch(hw)
     whole = tiles_of(engine.members, hw, (0, hw[0], 0, hw[1]))
     computed = sum(tiles_of(engine.members, hw, r) for r in regions)
     start = time.perf_counter()
     if first is None:
         labels = engine.predict([image], Want({LABELS}))[0].labels
     else:  # the first regions only; the label map then written whole, as a full run writes it, before the peak is read
-        labels = run_regions(engine.graph, image[None], [LABELS], regions[:first], engine.members)[0][0]
+        labels = run_regions(engine.graph, image[None], [LABELS], regions[:first], engine.members, chunk=chunk)[0][0]
         labels.fill(0)
     seconds = time.perf_counter() - start
     ran = regions if first is None else regions[:first]
     ran_tiles = sum(tiles_of(engine.members, hw, r) for r in ran)
-    return {"regions": len(regions), "regions_run": len(ran), "largest_region": max(((r[1] - r[0], r[3] - r[2]) for r in regions),
+    return {"tile_batch": chunk, "regions": len(regions), "regions_run": len(ran), "largest_region": max(((r[1] - r[0], r[3] - r[2]) for r in regions),
                                                                                       key=lambda s: s[0] * s[1]),
             "tiles_per_member_grid": region_tiles(hw, (0, hw[0], 0, hw[1]), engine.members[0].tiles, 1.0),
             "tile_views_whole": whole, "tile_views_computed": computed, "seconds": seconds,
@@ -70,7 +71,7 @@ def child(work: Path, max_memory_mb: float, threads: int, first: int | None) -> 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, nargs=2, default=[10000, 10000])
-    p.add_argument("--max-memory-mb", type=float, default=4096)
+    p.add_argument("--max-memory-mb", type=float, default=1500)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--first-regions", type=int, help="run only the first N regions (the label map is still written whole); "
                    "the full run's time is then estimated from theirs")
@@ -100,7 +101,8 @@ def main() -> None:
     ran = f"the first {result['regions_run']} of {result['regions']} regions" if args.first_regions else f"{result['regions']} regions"
     timing = (f"{result['seconds']:.0f} s for those; a full run about {result['seconds_full_estimate'] / 60:.0f} min (estimated)"
               if args.first_regions else f"{result['seconds']:.0f} s")
-    print(f"peak RSS {result['peak_rss_mb'] / 1024:.2f} GiB over {ran} (one full-size probability map alone: {untiled:.1f} GiB); "
+    print(f"peak RSS {result['peak_rss_mb'] / 1024:.2f} GiB = {result['peak_rss_mb'] * 2**20 / 1e9:.2f} GB over {ran}, "
+          f"{result['tile_batch']} tiles per model call (one full-size probability map alone: {untiled:.1f} GiB); "
           f"{result['tile_views_computed'] / result['tile_views_whole']:.2f}x the tiles of the whole image's grid computed; {timing}")
 
 

@@ -16,10 +16,20 @@ GRAPH_FORMAT = "1"  # bump when the graph's contract (inputs, outputs, semantics
 INPUT = "image"  # uint8 (N, H, W, 3) RGB
 REGION = "region"  # int64 [4] (row start, row stop, column start, column stop), only where every member is tiled;
 # optional (default: the whole image): the outputs are that part of the image's, equal to the same crop of the whole's
+TILE_BATCH = "tile_batch"  # int64 [1], only with REGION: the most tiles one model call takes (a region's tiles run in
+# equal chunks of at most this many, one after another); optional (default: all of them at once). Memory, not values.
 LABELS = "labels"  # (N, H, W) uint8 class ids (int32 past 256 classes)
 PROBS = "probs"  # (N, C, H, W) float32, the weighted vote
 MASKS = "masks"  # multilabel: (N, C, H, W) uint8 0/1, P > threshold per class
 MASK = "mask"  # binary: (N, H, W) uint8 0/1
+
+
+def region_feed(region: tuple[int, int, int, int] | None, tile_batch: int | None = None) -> dict:
+    """The optional inputs of a regional graph for one call (none: the whole image, every tile at once)."""
+    import numpy as np
+
+    feed = {} if region is None else {REGION: np.asarray(region, np.int64)}
+    return feed if tile_batch is None else {**feed, TILE_BATCH: np.asarray([tile_batch], np.int64)}
 
 
 def decision_output(task: str) -> str:

@@ -158,8 +158,9 @@ def regional_build(sigmoid_ckpts, sigmoid_data, tmp_path_factory):
     return out
 
 
-def _stitched(engine: Engine, image: np.ndarray, rows: list[int], cols: list[int]) -> dict[str, np.ndarray]:
-    """Each output of the graph run region by region over the cuts ``rows`` x ``cols``, put back together."""
+def _stitched(engine: Engine, image: np.ndarray, rows: list[int], cols: list[int], chunk: int | None = None) -> dict[str, np.ndarray]:
+    """Each output of the graph run region by region over the cuts ``rows`` x ``cols`` (``chunk`` tiles per model
+    call), put back together."""
     from segensemble.graph_io import MASKS, PROBS, member_output
 
     names = [MASKS, PROBS, *(member_output(m.name) for m in engine.members)]
@@ -167,7 +168,7 @@ def _stitched(engine: Engine, image: np.ndarray, rows: list[int], cols: list[int
     out = {k: np.full_like(v, 255 if v.dtype == np.uint8 else np.nan) for k, v in whole.items()}
     for r0, r1 in zip(rows[:-1], rows[1:]):
         for c0, c1 in zip(cols[:-1], cols[1:]):
-            for name, part in zip(names, engine.graph.run(image[None], names, region=(r0, r1, c0, c1))):
+            for name, part in zip(names, engine.graph.run(image[None], names, region=(r0, r1, c0, c1), tile_batch=chunk)):
                 assert part.shape[-2:] == (r1 - r0, c1 - c0), (name, r0, r1, c0, c1)
                 out[name][..., r0:r1, c0:c1] = part
     return whole, out
@@ -177,10 +178,11 @@ def _stitched(engine: Engine, image: np.ndarray, rows: list[int], cols: list[int
     ((150, 211), [0, 1, 47, 48, 100, 150], [0, 64, 65, 130, 211]),  # one-row and one-column regions, cuts off the grid
     ((40, 50), [0, 13, 40], [0, 50]),  # smaller than a tile at some scales: padding
 ], ids=["odd", "small"])
-def test_regions_stitched_equal_the_whole_image(regional_build, hw, rows, cols):
+@pytest.mark.parametrize("chunk", [None, 3])  # 3: chunks of unequal tile counts, across scales
+def test_regions_stitched_equal_the_whole_image(regional_build, hw, rows, cols, chunk):
     engine = Engine.from_build(regional_build)
     assert engine.graph.regional
-    whole, stitched = _stitched(engine, smooth_image(hw, 5), rows, cols)
+    whole, stitched = _stitched(engine, smooth_image(hw, 5), rows, cols, chunk)
     for name, value in whole.items():
         if value.dtype == np.uint8:
             assert (stitched[name] == value).mean() >= 0.9999, name
@@ -201,10 +203,10 @@ def test_a_large_image_runs_region_by_region_within_the_memory_budget(regional_b
     want = Want({MEMBERS, PROBS})
     expected = whole.predict([image], want)[0]
     full_mb = whole.cost(image.shape[:2]).memory_mb
-    small = Engine.from_build(regional_build, budget=Budget(max_memory_mb=full_mb / 5))
-    regions = small.regions(image.shape[:2])
-    assert len(regions) > 2
-    assert max(region_bytes(small.members, image.shape[:2], r, 3, 1) for r in regions) <= full_mb / 5 * 2**20
+    small = Engine.from_build(regional_build, budget=Budget(max_memory_mb=full_mb / 20))
+    regions, chunk = small.regions(image.shape[:2]), small.tile_batch(image.shape[:2])
+    assert len(regions) > 2 and chunk is not None
+    assert max(region_bytes(small.members, image.shape[:2], r, 3, 1, chunk) for r in regions) <= full_mb / 20 * 2**20
     covered = np.zeros(image.shape[:2], int)
     for r0, r1, c0, c1 in regions:
         covered[r0:r1, c0:c1] += 1
@@ -221,12 +223,12 @@ def test_regions_compute_fewer_tiles_than_any_plain_grid_that_fits(regional_buil
 
     hw = (300, 410)
     whole = Engine.from_build(regional_build)
-    budget = Budget(max_memory_mb=whole.cost(hw).memory_mb / 5)
+    budget = Budget(max_memory_mb=whole.cost(hw).memory_mb / 20)
     engine = Engine.from_build(regional_build, budget=budget)
-    chosen = sum(tiles_of(engine.members, hw, r) for r in engine.regions(hw))
+    chosen, chunk = sum(tiles_of(engine.members, hw, r) for r in engine.regions(hw)), engine.tile_batch(hw)
     for rows in range(1, 9):
         for cols in range(1, 9):
             r, c = np.linspace(0, hw[0], rows + 1).round().astype(int), np.linspace(0, hw[1], cols + 1).round().astype(int)
             grid = [(r[i], r[i + 1], c[j], c[j + 1]) for i in range(rows) for j in range(cols)]
-            if max(region_bytes(engine.members, hw, g, 3, 1) for g in grid) <= budget.max_memory_mb * 2**20:
+            if max(region_bytes(engine.members, hw, g, 3, 1, chunk) for g in grid) <= budget.max_memory_mb * 2**20:
                 assert chosen <= sum(tiles_of(engine.members, hw, g) for g in grid), (rows, cols)

@@ -11,7 +11,10 @@ in float64 coordinates), so a region's resize is exactly the crop of the whole i
 zero-padded where the scaled image is shorter than a tile, cut into tiles with two Gathers (the tiles become
 the batch, each TTA view of a model runs once over all of them), weighted by the importance map, added back
 into place with two ScatterElements(add) (columns, then rows), divided by the summed weights, cropped and
-resized back to the region.
+resized back to the region. In the vote (``sliding_sum``), the model calls run in a Loop over equal chunks of
+at most ``tile_batch`` tiles, each chunk's weighted values added into one accumulator as it is computed: the
+models' activations follow the chunk and nothing is kept per tile, so memory follows the chunk and the region's
+windows, not the region's tile count.
 """
 
 from __future__ import annotations
@@ -172,9 +175,21 @@ def blend(b: GraphBuilder, v: str, grid: Grid, tiles: TileOptions) -> str:
     rows_n = b.op("Mul", [grid.rows.n, b.i64(th)])
     cols_n = b.op("Mul", [grid.cols.n, b.i64(tw)])
     v = b.op("Reshape", [v, b.op("Concat", [lead, rows_n, cols_n], "shape", axis=0)])
+    total = _place(b, v, grid)
+    return _finish(b, total, grid, tiles)
+
+
+def _count(b: GraphBuilder, grid: Grid, tiles: TileOptions) -> str:
+    """(1, 1, window h, window w): the importance weights summed over the tiles that cover each pixel."""
+    weights = importance_map(tuple(tiles.size), tiles.blend, tiles.sigma_scale)
     count = b.op("Tile", [b.f32(weights[None, None]), b.op("Concat", [b.i64(1, 1), grid.rows.n, grid.cols.n], "reps", axis=0)], "count")
-    total, count = (_place(b, t, grid) for t in (v, count))
-    out = b.op("Div", [total, count], "blended")
+    return _place(b, count, grid)
+
+
+def _finish(b: GraphBuilder, total: str, grid: Grid, tiles: TileOptions) -> str:
+    """(N, K, window h, window w) weighted sums -> divided by the summed weights, cropped to the rows the region
+    reads and resized back to the region."""
+    out = b.op("Div", [total, _count(b, grid, tiles)], "blended")
     crop = grid.rows.crop, grid.cols.crop
     out = b.op("Slice", [out, b.op("Concat", [crop[0][0], crop[1][0]], "from", axis=0),
                          b.op("Concat", [crop[0][1], crop[1][1]], "to", axis=0), b.i64(2, 3)], "tile_crop")
@@ -202,3 +217,66 @@ def _zero():
     from onnx import numpy_helper
 
     return numpy_helper.from_array(np.zeros(1, np.float32))
+
+
+
+def sliding_sum(b: GraphBuilder, cuts: list[tuple[str, Grid]], chunk: str, channels: int, tiles: TileOptions, body) -> list[str]:
+    """Per scale (``cuts``: its tiles from ``cut`` and their grid), ``body(tiles)`` (K = ``channels``) blended as
+    ``blend`` does, with every scale's tiles run in one Loop over equal chunks of at most ``chunk`` (int64 [1])
+    tiles whose weighted values are added into one accumulator as they come (ScatterElements(add) on flat
+    indices); ``body`` must treat its tiles independently (the model calls, their views, their sum). The Loop's
+    body holds the weights (``graph._into_loops``)."""
+    from onnx import TensorProto, helper
+
+    th, tw = tiles.size
+    def first(x: str) -> str:
+        return b.op("Slice", [b.op("Shape", [x]), b.i64(0), b.i64(1)], "n")
+
+    index, sizes, offset = [], [], b.i64(0)  # per scale: each tile pixel's place in the flat accumulator
+    for x, grid in cuts:
+        window = b.op("Mul", [grid.rows.length, grid.cols.length], "window_px")
+        images = b.op("Div", [first(x), b.op("Mul", [grid.rows.n, grid.cols.n])], "images")
+        image_at = b.op("Mul", [b.op("Range", [b.const(np.int64(0)), b.op("Squeeze", [images]), b.const(np.int64(1))]), window])
+        rows = b.op("Mul", [b.op("Reshape", [grid.rows.index, b.op("Concat", [b.i64(1), grid.rows.n, b.i64(1, th, 1)], "shape", axis=0)]),
+                            grid.cols.length])
+        cols = b.op("Reshape", [grid.cols.index, b.op("Concat", [b.i64(1, 1), grid.cols.n, b.i64(1, tw)], "shape", axis=0)])
+        at = b.op("Add", [b.op("Add", [b.op("Reshape", [image_at, b.i64(-1, 1, 1, 1, 1)]), rows]), cols], "tile_px")
+        index.append(b.op("Add", [b.op("Reshape", [at, b.i64(-1, th, tw)]), offset], "flat_px"))
+        sizes.append(b.op("Mul", [images, window], "scale_px"))
+        offset = b.op("Add", [offset, sizes[-1]])
+    x = b.op("Concat", [x for x, _ in cuts], "scale_tiles", axis=0) if len(cuts) > 1 else cuts[0][0]
+    index = b.op("Concat", index, "flat_index", axis=0) if len(index) > 1 else index[0]
+    n, one = first(x), b.i64(1)
+    parts = b.op("Div", [b.op("Sub", [b.op("Add", [n, chunk]), one]), chunk], "parts")
+    size = b.op("Div", [b.op("Sub", [b.op("Add", [n, parts]), one]), parts], "chunk")
+    shape = b.op("Reshape", [b.op("Concat", [b.i64(channels), offset], "shape", axis=0), b.i64(2)])  # a rank OpenVINO can see
+    acc = b.op("ConstantOfShape", [shape], "acc", value=_zero())
+
+    outer, b.nodes = b.nodes, []
+    step, cond, acc_in = b.name("chunk_step"), b.name("chunk_cond"), b.name("acc_in")
+    start = b.op("Mul", [b.op("Unsqueeze", [step, b.i64(0)]), size], "chunk_start")
+    stop = b.op("Min", [b.op("Add", [start, size]), n], "chunk_stop")
+    values = body(b.op("Slice", [x, start, stop, b.i64(0)], "chunk_x"))
+    weights = importance_map((th, tw), tiles.blend, tiles.sigma_scale)
+    values = b.op("Mul", [values, b.f32(weights[None, None])], "weighted")
+    updates = b.op("Reshape", [b.op("Transpose", [values], "kc", perm=[1, 0, 2, 3]), b.i64(channels, -1)], "updates")
+    at = b.op("Expand", [b.op("Reshape", [b.op("Slice", [index, start, stop, b.i64(0)]), b.i64(1, -1)]), b.op("Shape", [updates])], "at")
+    acc_out = b.op("ScatterElements", [acc_in, at, updates], "accumulate", axis=1, reduction="add")
+    keep = b.op("Identity", [cond], "chunk_keep")
+    body_graph = helper.make_graph(b.nodes, b.name("chunks"),
+                                   [helper.make_tensor_value_info(step, TensorProto.INT64, []),
+                                    helper.make_tensor_value_info(cond, TensorProto.BOOL, []),
+                                    helper.make_tensor_value_info(acc_in, TensorProto.FLOAT, [channels, None])],
+                                   [helper.make_tensor_value_info(keep, TensorProto.BOOL, []),
+                                    helper.make_tensor_value_info(acc_out, TensorProto.FLOAT, [channels, None])])
+    b.nodes = outer
+    acc = b.op("Loop", [b.op("Squeeze", [parts]), "", acc], "chunks", body=body_graph)
+
+    out, start = [], b.i64(0)
+    for (_, grid), px in zip(cuts, sizes):
+        stop = b.op("Add", [start, px])
+        part = b.op("Slice", [acc, start, stop, b.i64(1)], "scale_acc")
+        part = b.op("Reshape", [part, b.op("Concat", [b.i64(channels, -1), grid.rows.length, grid.cols.length], "shape", axis=0)])
+        out.append(_finish(b, b.op("Transpose", [part], "nk", perm=[1, 0, 2, 3]), grid, tiles))
+        start = stop
+    return out

@@ -25,7 +25,7 @@ from segensemble.formats.images import ImageRef, ReadOptions
 from segensemble.graph_io import LABELS, MASK, MASKS, PROBS, decision_output, member_output
 from segensemble.manifest import Build, Manifest, MemberEntry
 from segensemble.run_config import RunConfig
-from segensemble.runtime.regions import Region, region_bytes, run_regions, split
+from segensemble.runtime.regions import Region, region_bytes, run_regions, split, tile_batch
 from segensemble.runtime.sessions import GraphSession, RunControl, RuntimeOptions, open_graph
 from segensemble.task import Fusion
 
@@ -120,12 +120,20 @@ class Engine:
     def cost(self, image_hw: tuple[int, int], batch: int = 1) -> Cost:
         return image_cost(self.members, image_hw, len(self.classes), batch)
 
-    def regions(self, image_hw: tuple[int, int], batch: int = 1) -> list[Region]:
-        """The regions a batch of images of ``image_hw`` runs in: one, unless the graph is regional and the whole
-        image's largest call exceeds the memory budget."""
+    def tile_batch(self, image_hw: tuple[int, int], batch: int = 1) -> int | None:
+        """Tiles per model call for a batch of images of ``image_hw``: None (all at once) unless the graph is
+        regional and the whole call would exceed the memory budget (``regions.py``)."""
         if not self.graph.regional or self.cost(image_hw, batch).memory_mb <= self.budget.max_memory_mb:
+            return None
+        return tile_batch(self.members, self.budget)
+
+    def regions(self, image_hw: tuple[int, int], batch: int = 1) -> list[Region]:
+        """The regions a batch of images of ``image_hw`` runs in: one, unless even with ``tile_batch`` tiles per
+        model call the whole image's run exceeds the memory budget."""
+        chunk = self.tile_batch(image_hw, batch)
+        if chunk is None:
             return [(0, image_hw[0], 0, image_hw[1])]
-        return split(self.members, image_hw, len(self.classes), batch, self.budget)
+        return split(self.members, image_hw, len(self.classes), batch, self.budget, chunk)
 
     def read(self, path: str | Path) -> np.ndarray:
         """An input file decoded under the engine's read options, admitted by its budget from the header."""
@@ -136,8 +144,9 @@ class Engine:
         graph's memory is its largest region's)."""
         cost = self.cost(image_hw)
         if self.graph.regional:
-            region = max(self.regions(image_hw), key=lambda r: (r[1] - r[0]) * (r[3] - r[2]))
-            cost = replace(cost, memory_mb=region_bytes(self.members, image_hw, region, len(self.classes), 1) / 2**20)
+            chunk = self.tile_batch(image_hw)
+            memory = max(region_bytes(self.members, image_hw, r, len(self.classes), 1, chunk) for r in self.regions(image_hw))
+            cost = replace(cost, memory_mb=memory / 2**20)
         reason = cost.over(self.budget)
         if reason:
             raise ImageError(source, f"{image_hw[0]}x{image_hw[1]} {reason}")
@@ -182,9 +191,10 @@ class Engine:
         post = self.manifest.postprocess if want & {LABELS, MASKS} else None
         names = self._names(want | {PROBS} if post else want)
         batch = images[0][None] if len(images) == 1 else np.stack(images)  # one large image is not copied
-        regions = self.regions(batch.shape[1:3], len(images))
-        if len(regions) > 1:
-            outputs = dict(zip(names, run_regions(self.graph, batch, names, regions, self.members, control)))
+        chunk = self.tile_batch(batch.shape[1:3], len(images))
+        if chunk is not None:
+            regions = self.regions(batch.shape[1:3], len(images))
+            outputs = dict(zip(names, run_regions(self.graph, batch, names, regions, self.members, control, chunk)))
         else:
             outputs = dict(zip(names, self.graph.run(batch, names, control)))
         members = {m.name: outputs[member_output(m.name)] for m in self.members} if MEMBERS in want else None

@@ -16,7 +16,7 @@ import numpy as np
 
 from segensemble.errors import SegEnsembleError
 from segensemble.extras import missing_extra
-from segensemble.graph_io import INPUT, REGION
+from segensemble.graph_io import INPUT, REGION, region_feed
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -64,11 +64,11 @@ class OpenVinoSession:
     def regional(self) -> bool:
         return any(REGION in i.get_names() for i in self.compiled.inputs)
 
-    def run(self, images: np.ndarray, names: list[str], control=None, region=None) -> list[np.ndarray]:
+    def run(self, images: np.ndarray, names: list[str], control=None, region=None, tile_batch=None) -> list[np.ndarray]:
         """The outputs ``names`` for a uint8 (N, H, W, 3) batch or a region of it (``control`` is not supported
         here: runs finish)."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
-        feed = {INPUT: images} if region is None else {INPUT: images, REGION: np.asarray(region, np.int64)}
+        feed = {INPUT: images, **region_feed(region, tile_batch)}
         with self._lock:
             if self._request is None:
                 self._request = self.compiled.create_infer_request()

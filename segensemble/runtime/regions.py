@@ -1,12 +1,14 @@
 """A large image run region by region through a graph whose members are all tiled (its ``region`` input), so
 that memory follows the region in flight, not the image's area.
 
-The regions are a grid of rectangles of about equal size, cut where a single tile covers the image (so a
-region k tile intervals long needs k + 1 tiles along that side): of every grid whose largest model call (its
-tiles x the TTA views run together x the tile's pixels) and outputs fit the budget's memory
-(``cost.ACTIVATION_BYTES_PER_PIXEL``), the one that computes the fewest tiles. Every tile a region's output reads is computed for
-that region, so tiles under a cut are computed twice: fewer, larger regions waste less. The stitched outputs
-equal the whole image run at once (the graph's tile grid is the whole image's; ``export/graph_tiles.py``).
+Two knobs bound a run's memory. The graph's model calls take at most ``tile_batch`` tiles at a time (its
+chunks run one after another), chosen so that their activations (the tiles x the TTA views run together x the
+tile's pixels x ``cost.ACTIVATION_BYTES_PER_PIXEL``) take half the budget. The regions are a grid of
+rectangles of about equal size, cut where a single tile covers the image (so a region k tile intervals long
+needs k + 1 tiles along that side): of every grid whose region's tile values and outputs fit the other half, the
+one that computes the fewest tiles. Every tile a region's output reads is computed for that region, so tiles
+under a cut are computed twice: fewer, larger regions waste less. The stitched outputs equal the whole image
+run at once (the graph's tile grid is the whole image's; ``export/graph_tiles.py``).
 """
 
 from __future__ import annotations
@@ -24,18 +26,43 @@ from segensemble.views import TTA, scaled_size
 Region = tuple[int, int, int, int]  # row start, row stop, column start, column stop
 MAX_REGIONS = 4096
 MAX_PIECES = 256  # along one axis
+# Bytes per tile pixel of a region's run beside the model calls (estimates, like cost.ACTIVATION_BYTES_PER_PIXEL):
+TILE_BYTES = 2 * 3 * 4 + 8  # every tile of the region: its normalized pixels (and their padded copy), its flat index
+ACCUMULATOR_BYTES = 2 * 4  # per class: the accumulator (in and out of a Loop step), bounded by the tiles' pixels
+CHUNK_VALUE_BYTES = 3 * 4  # per class per view: a chunk's values, weighted and transposed
 
 
-def region_bytes(members: Sequence[MemberEntry], hw: tuple[int, int], region: Region, classes: int, batch: int) -> int:
-    """Memory of one region's run: its largest model call and its full-precision outputs (``cost.py``'s estimate)."""
-    largest = 0
-    for m in members:
-        group = max(sum(TTA[t].swaps_hw == swap for t in m.tta) for swap in (False, True))
-        th, tw = m.tiles.size
-        for s in m.scales:
-            largest = max(largest, region_tiles(hw, region, m.tiles, s) * group * th * tw)
-    outputs = classes * (region[1] - region[0]) * (region[3] - region[2]) * 4 * (len(members) + 3)
-    return batch * (largest * ACTIVATION_BYTES_PER_PIXEL + outputs)
+def _group_pixels(m: MemberEntry) -> int:
+    """Pixels of one tile's model call: the tile times the TTA views run with it (views that swap H and W apart)."""
+    th, tw = m.tiles.size
+    return max(sum(TTA[t].swaps_hw == swap for t in m.tta) for swap in (False, True)) * th * tw
+
+
+def tile_batch(members: Sequence[MemberEntry], budget: Budget) -> int:
+    """Tiles per model call (the graph's ``tile_batch``): the most whose activations take half the memory budget,
+    at least one; the other half holds the region's tile values and outputs."""
+    per_tile = max(_group_pixels(m) for m in members) * ACTIVATION_BYTES_PER_PIXEL
+    return max(1, int(budget.max_memory_mb * 2**20 / 2 // per_tile))
+
+
+def _member_bytes(m: MemberEntry, tiles: int, classes: int, chunk: int | None) -> int:
+    """A tiled member's peak over a region of ``tiles`` tiles (all its scales'), ``chunk`` of them per model call."""
+    th, tw = m.tiles.size
+    called = (tiles if chunk is None else min(tiles, chunk)) * _group_pixels(m)
+    return called * (ACTIVATION_BYTES_PER_PIXEL + classes * CHUNK_VALUE_BYTES) + tiles * th * tw * (TILE_BYTES + classes * ACCUMULATOR_BYTES)
+
+
+def _output_bytes(members: Sequence[MemberEntry], region_pixels: int, classes: int) -> int:
+    return classes * region_pixels * 4 * (len(members) + 3)  # member outputs, sums, probs (``cost.py``'s)
+
+
+def region_bytes(members: Sequence[MemberEntry], hw: tuple[int, int], region: Region, classes: int, batch: int,
+                 chunk: int | None = None) -> int:
+    """Memory of one region's run with ``chunk`` tiles per model call (None: all at once): the largest member's
+    model calls and tile values, and the full-precision outputs (estimates, as ``cost.py``'s)."""
+    largest = max(_member_bytes(m, batch * sum(region_tiles(hw, region, m.tiles, s) for s in m.scales), classes, chunk)
+                  for m in members)
+    return largest + batch * _output_bytes(members, (region[1] - region[0]) * (region[3] - region[2]), classes)
 
 
 def _cuts(length: int, parts: int, seams: list[int]) -> list[int]:
@@ -51,8 +78,10 @@ def _cuts(length: int, parts: int, seams: list[int]) -> list[int]:
     return [*cuts, length] if cuts[-1] < length else cuts
 
 
-def split(members: Sequence[MemberEntry], hw: tuple[int, int], classes: int, batch: int, budget: Budget) -> list[Region]:
-    """The grid of regions that computes the fewest tiles while every region's call fits ``budget.max_memory_mb``.
+def split(members: Sequence[MemberEntry], hw: tuple[int, int], classes: int, batch: int, budget: Budget,
+          chunk: int | None = None) -> list[Region]:
+    """The grid of regions that computes the fewest tiles while every region's run (``chunk`` tiles per model
+    call) fits ``budget.max_memory_mb``.
 
     Rows and columns are searched apart (a grid region's tiles are its rows' times its columns'), each axis cut
     into n pieces on the seams of the member scale with the most tiles, every n from 1 up; then every pair."""
@@ -60,15 +89,16 @@ def split(members: Sequence[MemberEntry], hw: tuple[int, int], classes: int, bat
     views = [(m, s) for m in members for s in m.scales]
     ref = max(views, key=lambda ms: region_tiles(hw, (0, hw[0], 0, hw[1]), ms[0].tiles, ms[1]))
     axes = [_axis_options(views, hw, a, ref) for a in (0, 1)]
-    group = np.array([max(sum(TTA[t].swaps_hw == swap for t in m.tta) for swap in (False, True)) * m.tiles.size[0] * m.tiles.size[1]
-                      for m, _ in views])
+    owner = np.array([i for i, m in enumerate(members) for _ in m.scales])
     per_view = np.array([len(m.tta) * m.model_count for m, _ in views])
     best = None
     for rows, r_cuts, r_max, r_sum, r_len in axes[0]:
         for cols, c_cuts, c_max, c_sum, c_len in axes[1]:
             if rows * cols > MAX_REGIONS:
                 break
-            memory = batch * (int((r_max * c_max * group).max()) * ACTIVATION_BYTES_PER_PIXEL + classes * r_len * c_len * 4 * (len(members) + 3))
+            tiles = np.bincount(owner, r_max * c_max, len(members)).astype(int)  # per member, its scales' (a bound)
+            memory = max(_member_bytes(m, batch * int(n), classes, chunk) for m, n in zip(members, tiles)) \
+                + batch * _output_bytes(members, r_len * c_len, classes)
             if memory > limit:
                 continue
             key = (int((r_sum * c_sum * per_view).sum()), rows * cols)
@@ -102,9 +132,9 @@ def tiles_of(members: Sequence[MemberEntry], hw: tuple[int, int], region: Region
 
 
 def run_regions(graph, batch: np.ndarray, names: list[str], regions: list[Region], members: Sequence[MemberEntry],
-                control=None) -> list[np.ndarray]:
-    """The graph's outputs ``names`` for ``batch``, region by region, stitched; a bar over the tiles shows on a
-    terminal when the image takes more than a few seconds."""
+                control=None, chunk: int | None = None) -> list[np.ndarray]:
+    """The graph's outputs ``names`` for ``batch``, region by region (``chunk`` tiles per model call), stitched; a
+    bar over the tiles shows on a terminal when the image takes more than a few seconds."""
     from tqdm.auto import tqdm
 
     hw = batch.shape[1:3]
@@ -113,7 +143,7 @@ def run_regions(graph, batch: np.ndarray, names: list[str], regions: list[Region
                leave=False, disable=bar_off(True))
     with bar:
         for region in regions:
-            parts = graph.run(batch, names, control, region)
+            parts = graph.run(batch, names, control, region, chunk)
             if outputs is None:
                 outputs = [np.empty((*p.shape[:-2], *hw), p.dtype) for p in parts]
             for out, part in zip(outputs, parts):

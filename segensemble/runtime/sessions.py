@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.errors import SegEnsembleError, first_line
-from segensemble.graph_io import INPUT, REGION
+from segensemble.graph_io import INPUT, REGION, region_feed
 from segensemble.run_config import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -160,21 +160,22 @@ class GraphSession:
         return any(i.name == REGION for i in self.session.get_overridable_initializers())
 
     def run(self, images: np.ndarray, names: list[str], control: RunControl | None = None,
-            region: tuple[int, int, int, int] | None = None) -> list[np.ndarray]:
+            region: tuple[int, int, int, int] | None = None, tile_batch: int | None = None) -> list[np.ndarray]:
         """The outputs ``names`` for a uint8 (N, H, W, 3) batch, or for one ``region`` of it (rows, then columns,
-        [start, stop) each); ``control`` can cancel it or shrink memory after."""
+        [start, stop) each) with at most ``tile_batch`` tiles per model call; ``control`` can cancel it or shrink
+        memory after."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
         options = control.options(self.device) if control else None
         try:
             if not self.io_binding:
-                return self.session.run(names, {INPUT: images, **_region_feed(region)}, options)
-            return self._run_bound(images, names, options, region)
+                return self.session.run(names, {INPUT: images, **region_feed(region, tile_batch)}, options)
+            return self._run_bound(images, names, options, region_feed(region, tile_batch))
         except Exception as exc:
             if control and control.cancelled:
                 raise RunCancelled() from exc
             raise
 
-    def _run_bound(self, images: np.ndarray, names: list[str], options=None, region=None) -> list[np.ndarray]:
+    def _run_bound(self, images: np.ndarray, names: list[str], options=None, feed=None) -> list[np.ndarray]:
         """IO binding: the input goes to the device once; only ``names`` come back. Bindings are kept per
         thread and reused while the batch shape repeats (a thread's binding is not shared)."""
         import onnxruntime as ort
@@ -188,17 +189,13 @@ class GraphSession:
             cached = self._local.bound = (key, binding, value)
         _, binding, value = cached
         value.update_inplace(images)
-        for name, array in _region_feed(region).items():
+        for name, array in (feed or {}).items():
             binding.bind_cpu_input(name, array)
         binding.clear_binding_outputs()
         for name in names:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding, options)
         return binding.copy_outputs_to_cpu()
-
-
-def _region_feed(region: tuple[int, int, int, int] | None) -> dict[str, np.ndarray]:
-    return {} if region is None else {REGION: np.asarray(region, np.int64)}
 
 
 def session_options(options: RuntimeOptions):
