@@ -60,8 +60,8 @@ def child(work: Path, max_memory_mb: float, threads: int, first: int | None) -> 
     seconds = time.perf_counter() - start
     ran = regions if first is None else regions[:first]
     ran_tiles = sum(tiles_of(engine.members, hw, r) for r in ran)
-    return {"tile_batch": chunk, "regions": len(regions), "regions_run": len(ran), "largest_region": max(((r[1] - r[0], r[3] - r[2]) for r in regions),
-                                                                                      key=lambda s: s[0] * s[1]),
+    largest = max(((r[1] - r[0], r[3] - r[2]) for r in regions), key=lambda s: s[0] * s[1])
+    return {"tile_batch": chunk, "regions": len(regions), "regions_run": len(ran), "largest_region": largest,
             "tiles_per_member_grid": region_tiles(hw, (0, hw[0], 0, hw[1]), engine.members[0].tiles, 1.0),
             "tile_views_whole": whole, "tile_views_computed": computed, "seconds": seconds,
             "seconds_full_estimate": seconds / ran_tiles * computed, "labels_shape": list(labels.shape),

@@ -12,7 +12,7 @@ from typing import Protocol
 from segensemble.names import safe_name
 
 GRAPH_FILE = "ensemble.onnx"
-GRAPH_FORMAT = "1"  # bump when the graph's contract (inputs, outputs, semantics) changes
+GRAPH_FORMAT = "2"  # 2: tile_batch. Bump when the graph's contract (inputs, outputs, semantics) changes
 INPUT = "image"  # uint8 (N, H, W, 3) RGB
 REGION = "region"  # int64 [4] (row start, row stop, column start, column stop), only where every member is tiled;
 # optional (default: the whole image): the outputs are that part of the image's, equal to the same crop of the whole's

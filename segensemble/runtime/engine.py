@@ -120,20 +120,24 @@ class Engine:
     def cost(self, image_hw: tuple[int, int], batch: int = 1) -> Cost:
         return image_cost(self.members, image_hw, len(self.classes), batch)
 
+    def _in_parts(self, image_hw: tuple[int, int], batch: int) -> bool:
+        """Whether a batch of images of ``image_hw`` runs in parts: the graph is regional and the whole call would
+        exceed the memory budget."""
+        return self.graph.regional and self.cost(image_hw, batch).memory_mb > self.budget.max_memory_mb
+
     def tile_batch(self, image_hw: tuple[int, int], batch: int = 1) -> int | None:
-        """Tiles per model call for a batch of images of ``image_hw``: None (all at once) unless the graph is
-        regional and the whole call would exceed the memory budget (``regions.py``)."""
-        if not self.graph.regional or self.cost(image_hw, batch).memory_mb <= self.budget.max_memory_mb:
+        """Tiles per model call for a batch of images of ``image_hw`` (``regions.py``); None: all at once (the
+        call fits, or a graph built before ``tile_batch`` existed)."""
+        if not self._in_parts(image_hw, batch) or not self.graph.chunked:
             return None
         return tile_batch(self.members, self.budget)
 
     def regions(self, image_hw: tuple[int, int], batch: int = 1) -> list[Region]:
         """The regions a batch of images of ``image_hw`` runs in: one, unless even with ``tile_batch`` tiles per
         model call the whole image's run exceeds the memory budget."""
-        chunk = self.tile_batch(image_hw, batch)
-        if chunk is None:
+        if not self._in_parts(image_hw, batch):
             return [(0, image_hw[0], 0, image_hw[1])]
-        return split(self.members, image_hw, len(self.classes), batch, self.budget, chunk)
+        return split(self.members, image_hw, len(self.classes), batch, self.budget, self.tile_batch(image_hw, batch))
 
     def read(self, path: str | Path) -> np.ndarray:
         """An input file decoded under the engine's read options, admitted by its budget from the header."""
@@ -191,9 +195,9 @@ class Engine:
         post = self.manifest.postprocess if want & {LABELS, MASKS} else None
         names = self._names(want | {PROBS} if post else want)
         batch = images[0][None] if len(images) == 1 else np.stack(images)  # one large image is not copied
-        chunk = self.tile_batch(batch.shape[1:3], len(images))
-        if chunk is not None:
-            regions = self.regions(batch.shape[1:3], len(images))
+        hw = batch.shape[1:3]
+        if self._in_parts(hw, len(images)):
+            regions, chunk = self.regions(hw, len(images)), self.tile_batch(hw, len(images))
             outputs = dict(zip(names, run_regions(self.graph, batch, names, regions, self.members, control, chunk)))
         else:
             outputs = dict(zip(names, self.graph.run(batch, names, control)))

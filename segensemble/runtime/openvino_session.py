@@ -16,7 +16,7 @@ import numpy as np
 
 from segensemble.errors import SegEnsembleError
 from segensemble.extras import missing_extra
-from segensemble.graph_io import INPUT, REGION, region_feed
+from segensemble.graph_io import INPUT, REGION, TILE_BATCH, region_feed
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -63,6 +63,10 @@ class OpenVinoSession:
     @property
     def regional(self) -> bool:
         return any(REGION in i.get_names() for i in self.compiled.inputs)
+
+    @property
+    def chunked(self) -> bool:
+        return any(TILE_BATCH in i.get_names() for i in self.compiled.inputs)
 
     def run(self, images: np.ndarray, names: list[str], control=None, region=None, tile_batch=None) -> list[np.ndarray]:
         """The outputs ``names`` for a uint8 (N, H, W, 3) batch or a region of it (``control`` is not supported

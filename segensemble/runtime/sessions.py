@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from segensemble.errors import SegEnsembleError, first_line
-from segensemble.graph_io import INPUT, REGION, region_feed
+from segensemble.graph_io import INPUT, REGION, TILE_BATCH, region_feed
 from segensemble.run_config import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,11 @@ class GraphSession:
     def regional(self) -> bool:
         """Whether the graph takes a ``region`` input (every member tiled: a large image can run part by part)."""
         return any(i.name == REGION for i in self.session.get_overridable_initializers())
+
+    @property
+    def chunked(self) -> bool:
+        """Whether the graph takes a ``tile_batch`` input (regional graphs built since it exists)."""
+        return any(i.name == TILE_BATCH for i in self.session.get_overridable_initializers())
 
     def run(self, images: np.ndarray, names: list[str], control: RunControl | None = None,
             region: tuple[int, int, int, int] | None = None, tile_batch: int | None = None) -> list[np.ndarray]:
