@@ -5,10 +5,11 @@ overlap 0.25, gaussian blend, identity + hflip on every tile, one image whose si
 the tile nor the stride. MONAI runs each member in PyTorch with the TTA views averaged as its predictor
 (softmax), and the members are averaged, image after image with all the threads; segensemble runs the
 build's ensemble.onnx as ``ensemble predict`` does by default (two calls in flight, the threads divided
-between them). The same ``--images`` images both ways, each way in its own process (its own peak RSS), one
+between them, the default ``--max-memory-mb``: a call past it runs its tiles in chunks,
+``runtime/regions.py``). The same ``--images`` images both ways, each way in its own process (its own peak RSS), one
 warm-up then the median of ``--runs``; agreement of the two on every pixel.
 
-Usage: python bench/tiles_vs_monai.py [--size 1000 1500] [--images 4] [--runs 3] [--threads 2]
+Usage: python bench/tiles_vs_monai.py [--size 1000 1500] [--images 4] [--runs 3] [--threads 2] [--max-memory-mb MB]
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_vs_eager import cpu_description, peak_rss_mb
+
+from segensemble.cost import DEFAULT_MAX_MEMORY_MB
 
 MEMBERS = [("unet", "Unet", "resnet18"), ("fpn", "FPN", "resnet34")]
 CLASSES, TILE, OVERLAP = 12, (256, 256), 0.25
@@ -57,7 +60,7 @@ def _image(size, k: int = 0):
     return smooth_image(tuple(size), 7 + k)
 
 
-def run_engine(work: Path, size, runs: int, threads: int, images: int) -> dict:
+def run_engine(work: Path, size, runs: int, threads: int, images: int, max_memory_mb: float) -> dict:
     """The engine as `ensemble predict` runs it by default: two calls in flight, the threads divided between them."""
     from segensemble.formats.images import ImageRef
     from segensemble.run_config import RunConfig
@@ -66,7 +69,7 @@ def run_engine(work: Path, size, runs: int, threads: int, images: int) -> dict:
     inputs = [_image(size, k) for k in range(images)]
     calls = 2 if images > 1 else 1
     engine = open_engine(work / "build", RunConfig(calls_in_flight=calls, intra_op_threads=max(1, threads // calls), max_cost=1e6,
-                                                   max_memory_mb=1e6))
+                                                   max_memory_mb=max_memory_mb))
     refs = [ImageRef(str(k), Path(str(k))) for k in range(images)]
 
     def once():
@@ -80,10 +83,11 @@ def run_engine(work: Path, size, runs: int, threads: int, images: int) -> dict:
         times.append(time.perf_counter() - start)
     np.save(work / "engine.npy", np.stack(probs))
     return {"way": "segensemble", "seconds": float(np.median(times)), "calls_in_flight": calls,
+            "tile_batch": engine.tile_batch(tuple(size)), "max_memory_mb": max_memory_mb,
             "peak_rss_mb": peak_rss_mb()}
 
 
-def run_monai(work: Path, size, runs: int, threads: int, images: int) -> dict:
+def run_monai(work: Path, size, runs: int, threads: int, images: int, max_memory_mb: float) -> dict:
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -119,12 +123,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--images", type=int, default=4, help="images per run, the same for both ways")
+    p.add_argument("--max-memory-mb", type=float, default=DEFAULT_MAX_MEMORY_MB, help="the engine's budget (default: predict's)")
     p.add_argument("--work", type=Path)
     p.add_argument("--_way", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._way:
         run = run_engine if args._way == "segensemble" else run_monai
-        print(json.dumps(run(args.work, args.size, args.runs, args.threads, args.images)))
+        print(json.dumps(run(args.work, args.size, args.runs, args.threads, args.images, args.max_memory_mb)))
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="tiles-monai-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -135,7 +140,8 @@ def main() -> None:
     results = {}
     for way in ("monai", "segensemble"):
         out = subprocess.run([sys.executable, __file__, "--work", str(work), "--size", *map(str, args.size), "--runs", str(args.runs),
-                              "--threads", str(args.threads), "--images", str(args.images), "--_way", way],
+                              "--threads", str(args.threads), "--images", str(args.images),
+                              "--max-memory-mb", str(args.max_memory_mb), "--_way", way],
                              capture_output=True, text=True, check=True)
         results[way] = json.loads(out.stdout.strip().splitlines()[-1])
         print(results[way])

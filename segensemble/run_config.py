@@ -11,7 +11,8 @@ One meaning per field:
   flight, or with one call leaves ONNX Runtime its own default (one per physical core);
 - ``precision``: fp32 (exact), bf16 (OpenVINO on a CPU with AVX512_BF16 or AMX), fp16 (TensorRT on a GPU);
 - ``max_cost`` / ``max_memory_mb``: the per-image budget checked from the header (``cost.py``); a plan whose
-  members are all tiled runs a larger image region by region within ``max_memory_mb`` (``runtime/regions.py``);
+  members are all tiled runs a larger image within ``max_memory_mb``: its tiles in chunks and, if still too
+  large, region by region (``runtime/regions.py``);
 - ``max_pixels`` / ``tiff_level``: how input files are read (``formats/images.py``): the largest image in
   pixels, and the pyramid level of a TIFF (0: full resolution).
 """

@@ -232,3 +232,19 @@ def test_regions_compute_fewer_tiles_than_any_plain_grid_that_fits(regional_buil
             grid = [(r[i], r[i + 1], c[j], c[j + 1]) for i in range(rows) for j in range(cols)]
             if max(region_bytes(engine.members, hw, g, 3, 1, chunk) for g in grid) <= budget.max_memory_mb * 2**20:
                 assert chosen <= sum(tiles_of(engine.members, hw, g) for g in grid), (rows, cols)
+
+
+def test_the_tiles_loop_holds_its_members_weights(regional_build):
+    """ONNX Runtime's CPU layout optimizer (NCHWc) only rewrites convolutions whose weights are initializers of
+    their own graph: every convolution in a tiles Loop must read its weights from the body."""
+    import onnx
+
+    model = onnx.load(str(regional_build / "ensemble.onnx"))
+    loops = [n for n in model.graph.node if n.op_type == "Loop"]
+    assert len(loops) == 2  # one per member: its scales' tiles together
+    outer = {i.name for i in model.graph.initializer}
+    for loop in loops:
+        body = loop.attribute[0].g
+        own = {i.name for i in body.initializer}
+        convs = [n for n in body.node if n.op_type == "Conv"]
+        assert convs and all(n.input[1] in own and n.input[1] not in outer for n in convs)

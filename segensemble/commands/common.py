@@ -97,7 +97,8 @@ def add_budget_flags(p) -> None:
                    f"padded to the stride, summed; default {DEFAULT_MAX_MEGAPIXEL_VIEWS:g})")
     p.add_argument("--max-memory-mb", type=float, default=DEFAULT_MAX_MEMORY_MB,
                    help=f"refuse an image whose estimated activation memory exceeds this (default {DEFAULT_MAX_MEMORY_MB:g}); "
-                   "where every member is tiled, a larger image runs region by region within it instead")
+                   "where every member is tiled, a larger image runs within it instead: its tiles in chunks and, if still too "
+                   "large, region by region")
     p.add_argument("--max-pixels", type=int, default=None, help="refuse an input image of more pixels than this (default and "
                    "most for PNG/JPEG: Pillow's limit, 178956970; TIFF with the tiff extra may go beyond)")
     p.add_argument("--tiff-level", type=int, default=0, metavar="N",
