@@ -2,8 +2,8 @@
 
 Work is counted in **megapixel-views**: for every view, the pixels the model really sees (the view's size
 padded to the stride, so a 1 x 60000 image costs 32 x 60000 per view). Memory is the largest batched call
-(TTA views of a model at a scale run together) times ``ACTIVATION_BYTES_PER_PIXEL`` plus the full-size
-outputs. Both are refused past a ``Budget``, in the server (4xx before decoding), in predict and
+(TTA views of a model at a scale run together; a tiled member's tiles of every scale) times
+``ACTIVATION_BYTES_PER_PIXEL`` plus the full-size outputs. Both are refused past a ``Budget``, in the server (4xx before decoding), in predict and
 pseudo-label (the image is named; ``--skip-bad`` skips it) and in the plan (members with an input_size).
 """
 
@@ -64,14 +64,16 @@ def image_cost(members: Sequence[ViewSpec], image_hw: tuple[int, int], classes: 
     for m in members:
         groups = [sum(TTA[t].swaps_hw == swap for t in m.tta) for swap in (False, True)]
         tiles = getattr(m, "tiles", None)
+        tiled = 0  # a tiled member's scales run their tiles in one call (export/graph_tiles.sliding_sum)
         for s in m.scales:
             if tiles:  # every tile of the scaled image is a view's worth of pixels
                 h, w = tiles.size
                 h *= tile_count(scaled_size(image_hw, s), tiles)
+                tiled += h * w
             else:
                 h, w = padded_size(scaled_size(tuple(m.input_size or image_hw), s), m.stride)
             pixel_views += h * w * len(m.tta) * m.model_count
-            largest_call = max(largest_call, h * w * max(groups))
+            largest_call = max(largest_call, (tiled or h * w) * max(groups))
     outputs = classes * image_hw[0] * image_hw[1] * 4 * (len(members) + 3)  # member outputs, sums, probs
     memory = batch * (largest_call * ACTIVATION_BYTES_PER_PIXEL + outputs)
     return Cost(batch * pixel_views / 1e6, memory / 2**20)
