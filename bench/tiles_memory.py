@@ -11,7 +11,7 @@ whole image's tile grid (tiles under a cut run twice), and the time.
 run's time from theirs; its peak is a lower bound (session 9's whole run peaked 0.7 GiB above its first 8
 regions').
 
-Usage: python bench/tiles_memory.py [--size 10000 10000] [--max-memory-mb 1500] [--threads 2] [--first-regions N]
+Usage: python bench/tiles_memory.py [--size 10000 10000] [--max-memory-mb 1200] [--threads 2] [--first-regions N]
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def child(work: Path, max_memory_mb: float, threads: int, first: int | None) -> 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, nargs=2, default=[10000, 10000])
-    p.add_argument("--max-memory-mb", type=float, default=1500)
+    p.add_argument("--max-memory-mb", type=float, default=1200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--first-regions", type=int, help="run only the first N regions (the label map is still written whole); "
                    "the full run's time is then estimated from theirs")
